@@ -1,0 +1,20 @@
+"""Suite-wide rules: no test may block the event loop (blockbuster), warnings are errors, and each test has a
+timeout (the last two in pyproject.toml)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[BlockBuster]:
+    """Fail any test whose code makes a blocking call on a running event loop.
+
+    Only calls made from songbot's own modules (and the tests' fakes) count; library internals that do a quick
+    stat or read on the loop (importlib, pytest) are not ours to fix.
+    """
+    with blockbuster_ctx(scanned_modules=["services", "cogs", "tests"]) as bb:
+        yield bb
