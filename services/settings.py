@@ -170,9 +170,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
         connect_timeout_s=_float(env, "SONGBOT_CONNECT_TIMEOUT", 10.0, 0.1, 300.0),
         idle_timeout_s=_float(env, "SONGBOT_IDLE_TIMEOUT", 60.0, 0.1, 3600.0),
         total_deadline_s=_float(env, "SONGBOT_TOTAL_DEADLINE", 600.0, 1.0, 7200.0),
-        download_max_bytes=_int_required(
-            _int(env, "SONGBOT_DOWNLOAD_MAX_BYTES", 200 * 1024 * 1024, 1024, 2 * 1024**3)
-        ),
+        download_max_bytes=_int_required(_int(env, "SONGBOT_DOWNLOAD_MAX_BYTES", 200 * 1024 * 1024, 1024, 2 * 1024**3)),
         requests_per_minute=_int_required(_int(env, "SONGBOT_REQUESTS_PER_MINUTE", 180, 1, 10_000)),
         data_dir=Path(env.get("SONGBOT_DATA_DIR", "").strip() or "data"),
     )
