@@ -60,6 +60,7 @@ class Settings:
     max_concurrent_generations: int = 2
     queue_size: int = 20
     global_daily_seconds: int | None = None
+    estimated_song_seconds: int = 200
     max_retries: int = 3
     connect_timeout_s: float = 10.0
     idle_timeout_s: float = 60.0
@@ -166,6 +167,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
         max_concurrent_generations=_int_required(_int(env, "MAX_CONCURRENT_GENERATIONS", 2, 1, 64)),
         queue_size=_int_required(_int(env, "SONGBOT_QUEUE_SIZE", 20, 1, 1000)),
         global_daily_seconds=_int(env, "SONGBOT_GLOBAL_DAILY_SECONDS", None, 0, 10_000_000),
+        estimated_song_seconds=_int_required(_int(env, "SONGBOT_ESTIMATED_SONG_SECONDS", 200, 1, 3600)),
         max_retries=_int_required(_int(env, "SONGBOT_MAX_RETRIES", 3, 0, 10)),
         connect_timeout_s=_float(env, "SONGBOT_CONNECT_TIMEOUT", 10.0, 0.1, 300.0),
         idle_timeout_s=_float(env, "SONGBOT_IDLE_TIMEOUT", 60.0, 0.1, 3600.0),

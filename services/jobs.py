@@ -1,0 +1,403 @@
+"""The job runner: a bounded FIFO queue, global and per-server concurrency limits, and the lifecycle of one song.
+
+``accepted → queued → generating → processing → delivering → delivered``, with exits ``failed``, ``cancelled`` and
+``interrupted``. Every transition is one store write. The runner knows nothing about Discord: the cog hands it a
+:class:`JobObserver` that shows progress and delivers the finished song, and the runner turns every outcome into
+exactly one call of ``deliver``, ``failed`` or ``cancelled`` on it, so no member is left without a word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections import Counter
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from services.audio import FitResult, Tags, fit, waveform_png
+from services.errors import CannotFit, ServiceError, SongbotError
+from services.funmusic.request import GenerationRequest, GenerationResult, Progress, ProgressCallback
+
+log = logging.getLogger(__name__)
+
+TERMINAL = frozenset({"delivered", "failed", "cancelled", "interrupted"})
+
+
+class ShuttingDown(SongbotError):
+    """The bot is stopping; the job is stopped and its quota refunded."""
+
+    user_message = "The bot is restarting, so your song was stopped and your quota refunded. Please try again soon."
+
+
+class DeliveryFailed(SongbotError):
+    """Every way of posting the finished song failed."""
+
+    user_message = "Your song was made but could not be posted here."
+
+
+class Generator(Protocol):
+    async def generate(
+        self, request: GenerationRequest, *, out_dir: Path, on_progress: ProgressCallback | None = None
+    ) -> GenerationResult: ...
+
+
+class JobStore(Protocol):
+    async def transition(self, job_id: int, status: str, **fields: object) -> None: ...
+
+
+class Ledger(Protocol):
+    async def settle(self, job_id: int, actual_seconds: int) -> None: ...
+
+    async def refund(self, job_id: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where the finished song was posted."""
+
+    channel_id: int | None
+    message_id: int | None
+    how: str  # "original" | "channel" | "dm"
+
+
+@dataclass
+class PreparedSong:
+    """A generated song made ready for Discord: the audio fitted to the upload limit (or None), the waveform."""
+
+    job_id: int
+    result: GenerationResult
+    audio: FitResult | None
+    waveform: Path | None
+    tags: Tags
+    want_format: str
+    work_dir: Path
+
+    async def refit(self, max_bytes: int) -> FitResult | None:
+        """A smaller file for a retry after Discord refused the upload (413); None if nothing fits."""
+        try:
+            self.audio = await fit(
+                self.result.audio_path,
+                self.result.format,
+                self.want_format,
+                max_bytes,
+                tags=self.tags,
+                out_dir=self.work_dir,
+            )
+        except CannotFit:
+            self.audio = None
+        return self.audio
+
+
+class JobObserver(Protocol):
+    async def queued(self, position: int) -> None: ...
+
+    async def stage(self, stage: str, progress: Progress | None) -> None: ...
+
+    async def deliver(self, song: PreparedSong) -> Delivery: ...
+
+    async def failed(self, error: SongbotError) -> None: ...
+
+    async def cancelled(self, by_user_id: int | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything the runner needs to make and hand over one song."""
+
+    job_id: int
+    guild_id: int | None
+    user_id: int
+    request: GenerationRequest
+    want_format: str
+    max_bytes: int
+    tags: Tags
+    guild_limit: int
+
+
+@dataclass(eq=False)
+class _Entry:
+    spec: JobSpec
+    observer: JobObserver
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    position: int = 0
+    stage: str = "accepted"
+    cancelled_by: int | None = None
+    cancel_requested: bool = False
+    shutting_down: bool = False
+
+
+class JobManager:
+    """Owns the queue and every running job of the process."""
+
+    def __init__(
+        self,
+        *,
+        generator: Generator,
+        store: JobStore,
+        ledger: Ledger,
+        work_dir: Path,
+        max_concurrent: int,
+        queue_size: int,
+    ) -> None:
+        self._generator = generator
+        self._store = store
+        self._ledger = ledger
+        self._work_dir = work_dir
+        self._max_concurrent = max_concurrent
+        self._queue_size = queue_size
+        self._waiting: list[_Entry] = []
+        self._running: dict[int, _Entry] = {}
+        self._per_guild: Counter[int | None] = Counter()
+        self._entries: dict[int, _Entry] = {}
+        self._closing = False
+
+    # --- queries -------------------------------------------------------------------------------------------------
+    def queue_has_room(self) -> bool:
+        """True while a new job could start now or wait in the queue."""
+        return not self._closing and len(self._waiting) < self._queue_size + max(
+            0, self._max_concurrent - len(self._running)
+        )
+
+    def stage_of(self, job_id: int) -> str | None:
+        entry = self._entries.get(job_id)
+        return entry.stage if entry else None
+
+    def position_of(self, job_id: int) -> int | None:
+        entry = self._entries.get(job_id)
+        return entry.position if entry and entry.position else None
+
+    @property
+    def active_jobs(self) -> int:
+        return len(self._entries)
+
+    @property
+    def waiting_jobs(self) -> int:
+        return len(self._waiting)
+
+    def jobs_of(self, user_id: int) -> list[int]:
+        return [job_id for job_id, entry in self._entries.items() if entry.spec.user_id == user_id]
+
+    # --- commands ------------------------------------------------------------------------------------------------
+    def submit(self, spec: JobSpec, observer: JobObserver) -> asyncio.Task[None]:
+        """Queue a job that policy already admitted (quota reserved). Returns the task that runs it."""
+        if self._closing:
+            raise ShuttingDown("the job manager is closing")
+        entry = _Entry(spec=spec, observer=observer)
+        self._entries[spec.job_id] = entry
+        self._waiting.append(entry)
+        entry.task = asyncio.create_task(self._run(entry), name=f"song-job-{spec.job_id}")
+        self._pump()
+        return entry.task
+
+    def cancel(self, job_id: int, by_user_id: int | None) -> bool:
+        """Cancel a job that is queued or generating. False if it is past the point of no return (or unknown)."""
+        entry = self._entries.get(job_id)
+        if entry is None or entry.task is None or entry.stage not in ("accepted", "queued", "generating"):
+            return False
+        entry.cancel_requested = True
+        entry.cancelled_by = by_user_id
+        entry.task.cancel()
+        return True
+
+    async def shutdown(self, grace_s: float = 5.0) -> None:
+        """Stop every job: each is marked interrupted, refunded and its member told. Then return."""
+        self._closing = True
+        entries = list(self._entries.values())
+        for entry in entries:
+            entry.shutting_down = True
+            if entry.task is not None and entry.stage != "delivering":
+                entry.task.cancel()
+        tasks = [e.task for e in entries if e.task is not None]
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=grace_s)
+
+    # --- scheduling ----------------------------------------------------------------------------------------------
+    def _pump(self) -> None:
+        """Start every waiting job that has a free global and per-server slot, in FIFO order; renumber the rest."""
+        still_waiting: list[_Entry] = []
+        for entry in self._waiting:
+            guild = entry.spec.guild_id
+            if len(self._running) < self._max_concurrent and self._per_guild[guild] < entry.spec.guild_limit:
+                self._running[entry.spec.job_id] = entry
+                self._per_guild[guild] += 1
+                entry.position = 0
+                entry.go.set()
+            else:
+                still_waiting.append(entry)
+        self._waiting = still_waiting
+        for index, entry in enumerate(self._waiting, start=1):
+            if entry.position != index:
+                entry.position = index
+                if entry.stage == "queued":
+                    self._notify_position(entry)
+
+    def _notify_position(self, entry: _Entry) -> None:
+        position = entry.position
+
+        async def tell() -> None:
+            with contextlib.suppress(Exception):
+                await entry.observer.queued(position)
+
+        asyncio.get_running_loop().create_task(tell())
+
+    def _release(self, entry: _Entry) -> None:
+        job_id = entry.spec.job_id
+        self._entries.pop(job_id, None)
+        if entry in self._waiting:
+            self._waiting.remove(entry)
+        if self._running.pop(job_id, None) is not None:
+            self._per_guild[entry.spec.guild_id] -= 1
+        if not self._closing:
+            self._pump()
+
+    # --- one job -------------------------------------------------------------------------------------------------
+    async def _set_stage(self, entry: _Entry, stage: str, **fields: object) -> None:
+        entry.stage = stage
+        await self._store.transition(entry.spec.job_id, stage, **fields)
+
+    async def _run(self, entry: _Entry) -> None:
+        job_dir = self._work_dir / f"job-{entry.spec.job_id}"
+        try:
+            await asyncio.to_thread(job_dir.mkdir, parents=True, exist_ok=True)
+            await self._wait_for_slot(entry)
+            song = await self._make(entry, job_dir)
+            await self._deliver(entry, song)
+        except asyncio.CancelledError:
+            await self._on_cancelled(entry)
+            if not entry.cancel_requested and not entry.shutting_down:
+                raise
+        except SongbotError as exc:
+            await self._on_failed(entry, exc)
+        except Exception as exc:  # a bug: log it whole, tell the member in plain words
+            wrapped = SongbotError(f"unexpected {type(exc).__name__}")
+            log.exception("job %s failed unexpectedly [error %s]", entry.spec.job_id, wrapped.error_id)
+            await self._on_failed(entry, wrapped, logged=True)
+        finally:
+            self._release(entry)
+            await asyncio.to_thread(shutil.rmtree, job_dir, True)
+
+    async def _wait_for_slot(self, entry: _Entry) -> None:
+        if not entry.go.is_set():
+            await self._set_stage(entry, "queued")
+            await entry.observer.queued(entry.position or 1)
+            await entry.go.wait()
+
+    async def _make(self, entry: _Entry, job_dir: Path) -> PreparedSong:
+        spec = entry.spec
+        await self._set_stage(entry, "generating")
+        await entry.observer.stage("generating", None)
+
+        async def on_progress(progress: Progress) -> None:
+            await entry.observer.stage("generating", progress)
+
+        result = await self._generator.generate(spec.request, out_dir=job_dir, on_progress=on_progress)
+        await self._set_stage(
+            entry,
+            "processing",
+            request_id=result.request_id,
+            duration_s=result.duration_s,
+            url=result.url,
+            url_expires_at=result.url_expires_at,
+        )
+        await entry.observer.stage("processing", None)
+        return await prepare_song(spec, result, job_dir)
+
+    async def _deliver(self, entry: _Entry, song: PreparedSong) -> None:
+        await self._set_stage(entry, "delivering")
+        await entry.observer.stage("delivering", None)
+        delivery = await entry.observer.deliver(song)
+        billed = song.result.billed_seconds or round(song.result.duration_s)
+        await self._ledger.settle(entry.spec.job_id, int(billed))
+        await self._set_stage(
+            entry,
+            "delivered",
+            message_id=delivery.message_id,
+            channel_id=delivery.channel_id,
+        )
+        log.info(
+            "job %s delivered via %s (request %s, %.1f s)",
+            entry.spec.job_id,
+            delivery.how,
+            song.result.request_id,
+            song.result.duration_s,
+        )
+
+    async def _on_cancelled(self, entry: _Entry) -> None:
+        job_id = entry.spec.job_id
+        if entry.shutting_down and not entry.cancel_requested:
+            error = ShuttingDown("bot shutting down")
+            await self._finish(entry, "interrupted", error_code="shutdown", error_id=error.error_id)
+            await _quietly(entry.observer.failed(error))
+            log.info("job %s interrupted by shutdown; quota refunded", job_id)
+            return
+        await self._finish(entry, "cancelled", error_code="cancelled")
+        await _quietly(entry.observer.cancelled(entry.cancelled_by))
+        log.info("job %s cancelled by %s", job_id, entry.cancelled_by)
+
+    async def _on_failed(self, entry: _Entry, exc: SongbotError, *, logged: bool = False) -> None:
+        code = exc.code if isinstance(exc, ServiceError) and exc.code else type(exc).__name__
+        if not logged:
+            request_id = exc.request_id if isinstance(exc, ServiceError) else None
+            log.warning("job %s failed [error %s]: %s (request %s)", entry.spec.job_id, exc.error_id, exc, request_id)
+        await self._finish(entry, "failed", error_code=code, error_id=exc.error_id)
+        await _quietly(entry.observer.failed(exc))
+
+    async def _finish(self, entry: _Entry, status: str, **fields: object) -> None:
+        """Refund, then record the terminal state; shielded so a second cancel cannot leave it half-written."""
+
+        async def write() -> None:
+            await self._ledger.refund(entry.spec.job_id)
+            entry.stage = status
+            await self._store.transition(entry.spec.job_id, status, **fields)
+
+        try:
+            await asyncio.shield(write())
+        except Exception:
+            log.exception("job %s: could not record %s", entry.spec.job_id, status)
+
+
+async def prepare_song(spec: JobSpec, result: GenerationResult, job_dir: Path) -> PreparedSong:
+    """Fit the audio under the upload limit and draw its waveform, both off the event loop, at the same time."""
+
+    async def fitted() -> FitResult | None:
+        try:
+            return await fit(
+                result.audio_path, result.format, spec.want_format, spec.max_bytes, tags=spec.tags, out_dir=job_dir
+            )
+        except CannotFit:
+            return None
+
+    async def picture() -> Path | None:
+        try:
+            return await waveform_png(result.audio_path, job_dir / "waveform.png")
+        except SongbotError:
+            log.warning("job %s: no waveform picture", spec.job_id, exc_info=True)
+            return None
+
+    audio, wave = await asyncio.gather(fitted(), picture())
+    return PreparedSong(
+        job_id=spec.job_id,
+        result=result,
+        audio=audio,
+        waveform=wave,
+        tags=spec.tags,
+        want_format=spec.want_format,
+        work_dir=job_dir,
+    )
+
+
+async def _quietly(awaitable: Awaitable[None]) -> None:
+    """Observer calls on the way out must not mask the outcome; their failures are logged."""
+    try:
+        await awaitable
+    except Exception:
+        log.exception("observer failed while reporting a job's outcome")
