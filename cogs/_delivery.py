@@ -1,0 +1,350 @@
+"""How a job shows itself on Discord: throttled progress edits, the result message, and the delivery ladder.
+
+Ladder: edit the original response → (token expired / 401 50027 / unknown webhook) post in the channel with the
+bot's token, mentioning the requester → (no permission there, or a private song) DM the requester → log it.
+Every attempt builds fresh ``discord.File`` objects: discord.py closes them after each request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import discord
+
+from cogs._words import NO_PINGS, clip, failure_text, format_duration, mention_only, relative
+from services.audio import slugify
+from services.errors import SongbotError
+from services.funmusic.request import GenerationRequest, Progress
+from services.jobs import Delivery, DeliveryFailed, PreparedSong
+
+if TYPE_CHECKING:
+    from cogs.song import CancelButton, RegenerateButton
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 2.5
+MAX_PROGRESS_INTERVAL_S = 30.0
+LYRICS_IN_EMBED = 3000
+TOKEN_MARGIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class SongContext:
+    """Who asked for what, where: everything the delivery needs besides the finished song."""
+
+    job_id: int
+    user_id: int
+    user_name: str
+    channel_id: int
+    guild_id: int | None
+    request: GenerationRequest
+    want_format: str
+    private: bool
+    title: str
+
+
+def token_usable(interaction: discord.Interaction) -> bool:
+    remaining = (interaction.expires_at - discord.utils.utcnow()).total_seconds()
+    return remaining > TOKEN_MARGIN_S
+
+
+def _is_expired_token(exc: discord.HTTPException) -> bool:
+    return exc.code in (50027, 10015) or exc.status == 401 or isinstance(exc, discord.NotFound)
+
+
+class ProgressEditor:
+    """Edits the deferred message with the latest progress, at most once every ``interval`` seconds.
+
+    The service reports as often as it likes; this keeps only the newest text and flushes it on a timer, so
+    Discord's per-route limits on ``@original`` edits are never hit. A 429 doubles the interval.
+    """
+
+    def __init__(self, interaction: discord.Interaction, interval: float = PROGRESS_INTERVAL_S) -> None:
+        self._interaction = interaction
+        self._interval = interval
+        self._pending: tuple[str, discord.ui.View | None] | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.edits = 0
+
+    def show(self, text: str, view: discord.ui.View | None) -> None:
+        if self._stopped:
+            return
+        self._pending = (text, view)
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = -self._interval
+        while not self._stopped:
+            await self._wake.wait()
+            delay = last + self._interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._wake.clear()
+            pending, self._pending = self._pending, None
+            if pending is None or self._stopped:
+                continue
+            if not token_usable(self._interaction):
+                self._stopped = True
+                return
+            last = loop.time()
+            await self._edit(*pending)
+
+    async def _edit(self, text: str, view: discord.ui.View | None) -> None:
+        try:
+            await self._interaction.edit_original_response(
+                content=text, view=view, embed=None, attachments=[], allowed_mentions=NO_PINGS
+            )
+            self.edits += 1
+        except discord.HTTPException as exc:
+            if exc.status == 429:
+                self._interval = min(self._interval * 2, MAX_PROGRESS_INTERVAL_S)
+                log.info("progress edits rate limited; now every %.1f s", self._interval)
+            elif _is_expired_token(exc):
+                self._stopped = True
+            else:
+                log.warning("progress edit failed: %s", exc)
+
+    async def stop(self) -> None:
+        """Stop editing; waits for an edit in flight so it cannot land after the final message."""
+        self._stopped = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+async def _read(path: Path) -> bytes:
+    return await asyncio.to_thread(path.read_bytes)
+
+
+class SongMessage:
+    """The parts of the result message, read once; files are rebuilt fresh for every attempt."""
+
+    def __init__(self, ctx: SongContext, song: PreparedSong, audio: bytes | None, wave: bytes | None) -> None:
+        self.ctx = ctx
+        self.song = song
+        self.audio = audio
+        self.wave = wave
+
+    @classmethod
+    async def load(cls, ctx: SongContext, song: PreparedSong) -> SongMessage:
+        audio = await _read(song.audio.path) if song.audio else None
+        wave = await _read(song.waveform) if song.waveform else None
+        return cls(ctx, song, audio, wave)
+
+    async def reload_audio(self) -> None:
+        self.audio = await _read(self.song.audio.path) if self.song.audio else None
+
+    @property
+    def audio_name(self) -> str:
+        fmt = self.song.audio.format if self.song.audio else self.ctx.want_format
+        return f"{slugify(self.ctx.title)}.{fmt}"
+
+    def files(self) -> list[discord.File]:
+        files: list[discord.File] = []
+        if self.audio is not None:
+            files.append(discord.File(io.BytesIO(self.audio), filename=self.audio_name))
+        lyrics = self.song.result.lyrics
+        if lyrics:
+            files.append(discord.File(io.BytesIO(lyrics.encode("utf-8")), filename="lyrics.txt"))
+        if self.wave is not None:
+            files.append(discord.File(io.BytesIO(self.wave), filename="waveform.png"))
+        return files
+
+    def embed(self) -> discord.Embed:
+        result, ctx, audio = self.song.result, self.ctx, self.song.audio
+        embed = discord.Embed(title=clip(f"🎵 {ctx.title}", 256), colour=discord.Colour.blurple())
+        lyrics = result.lyrics.strip()
+        if lyrics:
+            more = "\n\n*Full lyrics in lyrics.txt.*" if len(lyrics) > LYRICS_IN_EMBED else ""
+            embed.description = clip(lyrics, LYRICS_IN_EMBED) + more
+        elif ctx.request.is_instrumental:
+            embed.description = "*Instrumental — no lyrics.*"
+        voice = "Instrumental" if ctx.request.is_instrumental else ctx.request.gender.capitalize()
+        embed.add_field(name="Voice", value=voice)
+        embed.add_field(name="Duration", value=format_duration(result.duration_s))
+        embed.add_field(name="Format", value=self._format_text())
+        if audio is None and result.url:
+            expiry = f" (link expires {relative(result.url_expires_at)})" if result.url_expires_at else ""
+            embed.add_field(
+                name="Download",
+                value=f"The song is too large to upload here: [download it]({result.url}){expiry}.",
+                inline=False,
+            )
+        embed.add_field(name="Request id", value=f"`{result.request_id or 'n/a'}`", inline=False)
+        if self.wave is not None:
+            embed.set_image(url="attachment://waveform.png")
+        embed.set_footer(text=clip(f"Requested by {ctx.user_name} · job {ctx.job_id}", 200))
+        return embed
+
+    def _format_text(self) -> str:
+        audio = self.song.audio
+        if audio is None:
+            return f"{self.song.result.format.upper()} (link)"
+        text = audio.format.upper()
+        if audio.bitrate_kbps:
+            text += f" · {audio.bitrate_kbps} kbps"
+        if audio.format != self.ctx.want_format:
+            text += f" (a {self.ctx.want_format.upper()} would not fit the upload limit)"
+        return text
+
+
+class DiscordJobObserver:
+    """The cog's side of one job: shows its progress and delivers it (see the module docstring)."""
+
+    def __init__(
+        self,
+        interaction: discord.Interaction,
+        ctx: SongContext,
+        *,
+        cancel_button: type[CancelButton],
+        regenerate_button: type[RegenerateButton],
+    ) -> None:
+        self.interaction = interaction
+        self.ctx = ctx
+        self.editor = ProgressEditor(interaction)
+        self._cancel_button = cancel_button
+        self._regenerate_button = regenerate_button
+        self._client = interaction.client
+
+    # --- progress ------------------------------------------------------------------------------------------------
+    def _cancel_view(self) -> discord.ui.View:
+        view = discord.ui.View(timeout=None)
+        view.add_item(self._cancel_button(self.ctx.job_id))
+        return view
+
+    def _result_view(self) -> discord.ui.View:
+        view = discord.ui.View(timeout=None)
+        view.add_item(self._regenerate_button(self.ctx.job_id))
+        return view
+
+    async def queued(self, position: int) -> None:
+        ahead = "you're next" if position <= 1 else f"{position - 1} song(s) ahead of yours"
+        self.editor.show(f"⏳ Queued — position {position} ({ahead}).", self._cancel_view())
+
+    async def stage(self, stage: str, progress: Progress | None) -> None:
+        if stage == "generating":
+            if progress is None or progress.bytes_received == 0:
+                text = "🎼 Generating your song…"
+            else:
+                text = f"🎼 Generating… {progress.seconds_received:.0f} s of audio received."
+            if progress is not None and progress.attempt > 1:
+                text += f" (attempt {progress.attempt})"
+            self.editor.show(text, self._cancel_view())
+        elif stage == "processing":
+            self.editor.show(f"🎚️ Preparing your {self.ctx.want_format.upper()} file…", None)
+        elif stage == "delivering":
+            self.editor.show("📤 Uploading…", None)
+
+    # --- outcomes ------------------------------------------------------------------------------------------------
+    async def deliver(self, song: PreparedSong) -> Delivery:
+        await self.editor.stop()
+        message = await SongMessage.load(self.ctx, song)
+        if token_usable(self.interaction):
+            delivered = await self._to_original(message)
+            if delivered is not None:
+                return delivered
+        return await self._fallback(message)
+
+    async def _to_original(self, message: SongMessage) -> Delivery | None:
+        for _attempt in range(4):
+            try:
+                sent = await self.interaction.edit_original_response(
+                    content=None,
+                    embed=message.embed(),
+                    attachments=message.files(),
+                    view=self._result_view(),
+                    allowed_mentions=NO_PINGS,
+                )
+                return Delivery(sent.channel.id if sent.channel else self.ctx.channel_id, sent.id, "original")
+            except discord.HTTPException as exc:
+                if exc.status == 413 or exc.code == 40005:
+                    await self._shrink(message)
+                    continue
+                if _is_expired_token(exc):
+                    log.info("job %s: interaction token expired; posting in the channel", self.ctx.job_id)
+                    return None
+                raise
+        return None
+
+    async def _shrink(self, message: SongMessage) -> None:
+        """Discord refused the size: fit again under a smaller limit, or fall back to the link."""
+        current = message.song.audio.size if message.song.audio else 0
+        if current == 0:
+            return
+        log.info("job %s: upload of %d bytes refused (413); fitting smaller", self.ctx.job_id, current)
+        await message.song.refit(int(current * 0.7))
+        await message.reload_audio()
+
+    async def _fallback(self, message: SongMessage) -> Delivery:
+        text = f"<@{self.ctx.user_id}> your song is ready."
+        targets: list[str] = ["dm"] if self.ctx.private else ["channel", "dm"]
+        for target in targets:
+            try:
+                messageable = await self._messageable(target)
+                for _attempt in range(4):
+                    try:
+                        sent = await messageable.send(
+                            text,
+                            embed=message.embed(),
+                            files=message.files(),
+                            view=self._result_view(),
+                            allowed_mentions=mention_only(self.ctx.user_id),
+                        )
+                        return Delivery(sent.channel.id, sent.id, target)
+                    except discord.HTTPException as exc:
+                        if exc.status == 413 or exc.code == 40005:
+                            await self._shrink(message)
+                            continue
+                        raise
+            except discord.HTTPException as exc:
+                log.warning("job %s: could not deliver by %s: %s", self.ctx.job_id, target, exc)
+        raise DeliveryFailed(f"job {self.ctx.job_id}: every delivery route failed")
+
+    async def _messageable(self, target: str) -> discord.abc.Messageable:
+        if target == "channel":
+            return self._client.get_partial_messageable(self.ctx.channel_id, guild_id=self.ctx.guild_id)
+        user = self._client.get_user(self.ctx.user_id) or await self._client.fetch_user(self.ctx.user_id)
+        return await user.create_dm()
+
+    async def failed(self, error: SongbotError) -> None:
+        await self.editor.stop()
+        await self._tell(f"❌ {failure_text(error)}")
+
+    async def cancelled(self, by_user_id: int | None) -> None:
+        await self.editor.stop()
+        who = "you" if by_user_id in (None, self.ctx.user_id) else f"<@{by_user_id}>"
+        await self._tell(f"🛑 Cancelled by {who}. Your quota was refunded.")
+
+    async def _tell(self, text: str) -> None:
+        """A final word: on the original message while the token lives, else in the channel (or a DM)."""
+        if token_usable(self.interaction):
+            try:
+                await self.interaction.edit_original_response(
+                    content=text, embed=None, attachments=[], view=None, allowed_mentions=NO_PINGS
+                )
+                return
+            except discord.HTTPException as exc:
+                if not _is_expired_token(exc):
+                    log.warning("job %s: could not edit the original response: %s", self.ctx.job_id, exc)
+        mention = f"<@{self.ctx.user_id}> "
+        for target in ["dm"] if self.ctx.private else ["channel", "dm"]:
+            try:
+                messageable = await self._messageable(target)
+                await messageable.send(mention + text, allowed_mentions=mention_only(self.ctx.user_id))
+                return
+            except discord.HTTPException as exc:
+                log.warning("job %s: could not tell the member by %s: %s", self.ctx.job_id, target, exc)
+        log.error("job %s: member %s could not be told: %s", self.ctx.job_id, self.ctx.user_id, text)

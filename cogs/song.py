@@ -1,0 +1,434 @@
+"""``/song``: the command, its modal, and its Cancel and Regenerate buttons. Only Discord concerns live here.
+
+Order of one request: local checks (no I/O) → lyrics file read (bounded) → request validation → can the bot post
+here later → policy (quota reserved atomically, job row created) → defer → the job manager runs it. Everything up
+to the defer answers ephemerally and costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+import aiohttp
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs._delivery import DiscordJobObserver, SongContext
+from cogs._words import NO_PINGS, failure_text, refusal_text
+from services.audio import Tags
+from services.errors import InvalidInput, PolicyRefusal, SongbotError
+from services.funmusic.request import GenerationRequest, clean_text
+from services.guild_settings import GuildSettings
+from services.jobs import JobSpec
+from services.policy import RequestContext
+
+if TYPE_CHECKING:
+    from bot import SongBot
+
+log = logging.getLogger(__name__)
+
+LYRICS_FILE_MAX_BYTES = 16 * 1024
+LYRICS_FILE_SUFFIXES = (".txt", ".lrc")
+PROMPT_OPTION_MAX = 1000
+LYRICS_FILE_TIMEOUT_S = 1.5
+_LRC_TIMESTAMP = re.compile(r"^\s*\[\d{1,2}:\d{2}(?:[.:]\d{1,3})?\]", re.MULTILINE)
+_LRC_META = re.compile(r"^\s*\[(?:ar|ti|al|by|offset|length|re|ve):[^\]]*\]\s*$", re.MULTILINE | re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SongOptions:
+    """What the member asked for, before guild defaults are applied."""
+
+    prompt: str | None = None
+    lyrics: str | None = None
+    voice: str | None = None
+    format: str | None = None
+    instrumental: bool = False
+    watermark: bool | None = None
+    private: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "lyrics": self.lyrics,
+            "voice": self.voice,
+            "format": self.format,
+            "instrumental": self.instrumental,
+            "watermark": self.watermark,
+            "private": self.private,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SongOptions:
+        return cls(**{key: data.get(key) for key in cls().to_json()})  # type: ignore[arg-type]
+
+
+def lrc_to_lyrics(text: str) -> str:
+    """An .lrc file's timestamps and tags are not lyrics: strip them."""
+    return _LRC_TIMESTAMP.sub("", _LRC_META.sub("", text))
+
+
+def check_lyrics_attachment(attachment: discord.Attachment) -> None:
+    """Checks that need no download: name and size. Raises InvalidInput."""
+    name = attachment.filename.lower()
+    if not name.endswith(LYRICS_FILE_SUFFIXES):
+        raise InvalidInput("The lyrics file must be a .txt or .lrc text file.")
+    if attachment.size > LYRICS_FILE_MAX_BYTES:
+        raise InvalidInput(f"The lyrics file must be at most 16 KiB; yours is {attachment.size / 1024:.1f} KiB.")
+    if attachment.size == 0:
+        raise InvalidInput("The lyrics file is empty; put your lyrics in it.")
+
+
+def decode_lyrics_file(data: bytes, filename: str) -> str:
+    if len(data) > LYRICS_FILE_MAX_BYTES:
+        raise InvalidInput(f"The lyrics file must be at most 16 KiB; yours is {len(data) / 1024:.1f} KiB.")
+    if b"\x00" in data:
+        raise InvalidInput("The lyrics file looks binary; upload a plain UTF-8 text file.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInput("The lyrics file is not UTF-8 text; save it as UTF-8 and upload it again.") from None
+    if filename.lower().endswith(".lrc"):
+        text = lrc_to_lyrics(text)
+    text = clean_text(text)
+    if not text:
+        raise InvalidInput("The lyrics file is empty; put your lyrics in it.")
+    return text
+
+
+async def read_lyrics_attachment(attachment: discord.Attachment, session: aiohttp.ClientSession) -> str:
+    check_lyrics_attachment(attachment)
+    try:
+        async with asyncio.timeout(LYRICS_FILE_TIMEOUT_S):
+            async with session.get(attachment.url) as resp:
+                if resp.status != 200:
+                    raise InvalidInput("Discord would not give me the lyrics file; please upload it again.")
+                data = await resp.content.read(LYRICS_FILE_MAX_BYTES + 1)
+    except (TimeoutError, aiohttp.ClientError):
+        raise InvalidInput("I could not read the lyrics file in time; please try again.") from None
+    return decode_lyrics_file(data, attachment.filename)
+
+
+def is_manager(interaction: discord.Interaction) -> bool:
+    perms = interaction.permissions
+    return bool(perms.manage_guild or perms.administrator)
+
+
+def can_post_later(interaction: discord.Interaction) -> bool:
+    """Could the bot post the song with its own token once the interaction token expires (after 15 minutes)?"""
+    perms = interaction.app_permissions
+    in_thread = isinstance(interaction.channel, discord.Thread)
+    send = perms.send_messages_in_threads if in_thread else perms.send_messages
+    return bool(perms.view_channel and send and perms.attach_files and perms.embed_links)
+
+
+def title_for(options: SongOptions) -> str:
+    if options.prompt:
+        return options.prompt.splitlines()[0][:100]
+    if options.lyrics:
+        return options.lyrics.strip().splitlines()[0].strip("[] ")[:100] or "Your song"
+    return "Your song"
+
+
+def resolve(options: SongOptions, guild: GuildSettings, model: str) -> tuple[GenerationRequest, str, bool]:
+    """Apply the server's defaults and rules to the member's options. Returns (request, wanted format, private)."""
+    if options.private and not guild.private_allowed:
+        raise InvalidInput("Private songs are turned off in this server; run /song without `private`.")
+    want_format = options.format or guild.default_format
+    if guild.watermark == "always":
+        watermark = True
+    elif guild.watermark == "never":
+        watermark = False
+    else:
+        watermark = bool(options.watermark)
+    request = GenerationRequest(
+        prompt=options.prompt,
+        lyrics=options.lyrics,
+        is_instrumental=options.instrumental,
+        gender=options.voice or guild.default_voice,
+        format="wav" if want_format in ("wav", "ogg") else "mp3",
+        watermark=watermark,
+        model=model,
+    )
+    validated, _mode = request.validated()
+    return validated, want_format, options.private
+
+
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"song:cancel:(?P<job>\d+)"):
+    """Cancel, usable by the requester or a member with Manage Server; the job id survives restarts."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger, custom_id=f"song:cancel:{job_id}")
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[discord.ui.View], match: re.Match[str]
+    ) -> CancelButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog = _song_cog(interaction)
+        await cog.cancel_clicked(interaction, self.job_id)
+
+
+class RegenerateButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"song:regen:(?P<job>\d+)"):
+    """Make the same song again; counted against limits like any request. Works after a restart."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Regenerate", emoji="🔁", style=discord.ButtonStyle.secondary, custom_id=f"song:regen:{job_id}"
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[discord.ui.View], match: re.Match[str]
+    ) -> RegenerateButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog = _song_cog(interaction)
+        await cog.regenerate_clicked(interaction, self.job_id)
+
+
+def _song_cog(interaction: discord.Interaction) -> SongCog:
+    cog = interaction.client.get_cog("SongCog")  # type: ignore[attr-defined]
+    assert isinstance(cog, SongCog)
+    return cog
+
+
+class SongModal(discord.ui.Modal, title="Make a song"):
+    """For lyrics with [verse]/[chorus] lines, which a slash option cannot hold."""
+
+    def __init__(self, cog: SongCog, options: SongOptions) -> None:
+        super().__init__(timeout=900)
+        self.cog = cog
+        self.options = options
+        self.prompt_input: discord.ui.TextInput[SongModal] = discord.ui.TextInput(
+            style=discord.TextStyle.short, required=False, max_length=PROMPT_OPTION_MAX, custom_id="song:prompt"
+        )
+        self.lyrics_input: discord.ui.TextInput[SongModal] = discord.ui.TextInput(
+            style=discord.TextStyle.paragraph, required=False, max_length=4000, custom_id="song:lyrics"
+        )
+        self.add_item(
+            discord.ui.Label(
+                text="Style / prompt",
+                description="e.g. upbeat summer folk, acoustic guitar",
+                component=self.prompt_input,
+            )
+        )
+        self.add_item(
+            discord.ui.Label(
+                text="Lyrics", description="Optional. Use [verse], [chorus] lines.", component=self.lyrics_input
+            )
+        )
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        prompt = self.prompt_input.value.strip() or None
+        lyrics = self.lyrics_input.value.strip() or None
+        if not prompt and not lyrics:
+            await interaction.response.send_message(
+                "Fill in a style prompt or lyrics (or both).", ephemeral=True, allowed_mentions=NO_PINGS
+            )
+            return
+        await self.cog.start_song(interaction, replace(self.options, prompt=prompt, lyrics=lyrics))
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
+        await self.cog.report_unexpected(interaction, error)
+
+
+class SongCog(commands.Cog):
+    def __init__(self, bot: SongBot) -> None:
+        self.bot = bot
+
+    @property
+    def services(self) -> Any:
+        return self.bot.services
+
+    # --- /song ---------------------------------------------------------------------------------------------------
+    @app_commands.command(name="song", description="Make a song with vocals from a style prompt or your own lyrics.")
+    @app_commands.guild_only()
+    @app_commands.describe(
+        prompt="Style and subject, e.g. 'upbeat summer folk song about a road trip' (leave empty for a form)",
+        voice="Singing voice (default: the server's)",
+        format="Audio format (default: the server's)",
+        instrumental="No vocals",
+        watermark="Append the audible AI watermark (if the server lets members choose)",
+        lyrics_file="Your lyrics as a .txt or .lrc file (UTF-8, at most 16 KiB)",
+        private="Only you see the result",
+    )
+    async def song(
+        self,
+        interaction: discord.Interaction,
+        prompt: str | None = None,
+        voice: Literal["female", "male"] | None = None,
+        format: Literal["mp3", "wav", "ogg"] | None = None,
+        instrumental: bool = False,
+        watermark: bool | None = None,
+        lyrics_file: discord.Attachment | None = None,
+        private: bool = False,
+    ) -> None:
+        options = SongOptions(
+            prompt=prompt,
+            voice=voice,
+            format=format,
+            instrumental=instrumental,
+            watermark=watermark,
+            private=private,
+        )
+        if interaction.guild_id is None:
+            await self._refuse(interaction, "Use /song in a server, not in DMs.")
+            return
+        if prompt is not None and len(prompt) > PROMPT_OPTION_MAX:
+            await self._refuse(
+                interaction,
+                f"The prompt must be at most {PROMPT_OPTION_MAX:,} characters; yours has {len(prompt):,}. "
+                "For long lyrics run /song with no options to get a form, or attach a lyrics file.",
+            )
+            return
+        if not (prompt and prompt.strip()) and lyrics_file is None:
+            await interaction.response.send_modal(SongModal(self, options))
+            return
+        if lyrics_file is not None:
+            try:
+                lyrics = await read_lyrics_attachment(lyrics_file, self.services.session)
+            except InvalidInput as exc:
+                await self._refuse(interaction, exc.user_message)
+                return
+            options = replace(options, lyrics=lyrics)
+        await self.start_song(interaction, options)
+
+    async def start_song(self, interaction: discord.Interaction, options: SongOptions) -> None:
+        """Shared by /song, the modal and Regenerate: check, admit, defer, queue."""
+        services = self.services
+        if interaction.guild_id is None:
+            await self._refuse(interaction, "Use /song in a server, not in DMs.")
+            return
+        guild_settings: GuildSettings = await services.store.get_guild_settings(interaction.guild_id)
+        try:
+            request, want_format, private = resolve(options, guild_settings, services.settings.fun_music_model)
+        except InvalidInput as exc:
+            await self._refuse(interaction, exc.user_message)
+            return
+        if not private and not can_post_later(interaction):
+            await self._refuse(
+                interaction,
+                "I can't post songs in this channel: give me View Channel, Send Messages, Embed Links and Attach "
+                "Files here, or use /song in another channel (or with `private`).",
+            )
+            return
+        user = interaction.user
+        ctx = RequestContext(
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or 0,
+            user_id=user.id,
+            role_ids=[role.id for role in getattr(user, "roles", [])],
+            is_manager=is_manager(interaction),
+            estimated_seconds=services.settings.estimated_song_seconds,
+        )
+        try:
+            admission = await services.policy.admit(
+                ctx,
+                job_input={**options.to_json(), "want_format": want_format, "title": title_for(options)},
+                queue_has_room=services.jobs.queue_has_room,
+            )
+        except PolicyRefusal as refusal:
+            await self._refuse(interaction, refusal_text(refusal))
+            return
+        job_id: int = admission.job_id
+        try:
+            await interaction.response.defer(thinking=True, ephemeral=private)
+        except discord.HTTPException as exc:
+            log.warning("job %s: could not defer (%s); refunding", job_id, exc)
+            await services.policy.refund(job_id)
+            await services.store.transition(job_id, "failed", error_code="defer")
+            return
+        song_ctx = SongContext(
+            job_id=job_id,
+            user_id=user.id,
+            user_name=user.display_name,
+            channel_id=interaction.channel_id or 0,
+            guild_id=interaction.guild_id,
+            request=request,
+            want_format=want_format,
+            private=private,
+            title=title_for(options),
+        )
+        observer = DiscordJobObserver(
+            interaction, song_ctx, cancel_button=CancelButton, regenerate_button=RegenerateButton
+        )
+        spec = JobSpec(
+            job_id=job_id,
+            guild_id=interaction.guild_id,
+            user_id=user.id,
+            request=request,
+            want_format=want_format,
+            max_bytes=interaction.filesize_limit,
+            tags=Tags(title=song_ctx.title, artist="songbot (Fun-Music)", lyrics=""),
+            guild_limit=guild_settings.max_concurrent,
+        )
+        services.jobs.submit(spec, observer)
+        log.info("job %s accepted for user %s in guild %s", job_id, user.id, interaction.guild_id)
+
+    async def _refuse(self, interaction: discord.Interaction, text: str) -> None:
+        """An ephemeral answer that costs nothing; edits instead if the interaction was already answered."""
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
+        else:
+            await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_PINGS)
+
+    # --- buttons -------------------------------------------------------------------------------------------------
+    async def cancel_clicked(self, interaction: discord.Interaction, job_id: int) -> None:
+        job = await self.services.store.get_job(job_id)
+        if job is None:
+            await self._refuse(interaction, "This song is no longer known to the bot.")
+            return
+        if interaction.user.id != job.user_id and not is_manager(interaction):
+            await self._refuse(interaction, "Only the member who asked for this song, or a moderator, can cancel it.")
+            return
+        if not self.services.jobs.cancel(job_id, interaction.user.id):
+            await self._refuse(interaction, "This song can't be cancelled any more: it is already finishing.")
+            return
+        await interaction.response.defer()
+
+    async def regenerate_clicked(self, interaction: discord.Interaction, job_id: int) -> None:
+        job = await self.services.store.get_job(job_id)
+        if job is None or not job.input:
+            await self._refuse(interaction, "This song's request was deleted, so it can't be made again.")
+            return
+        options = SongOptions.from_json(dict(job.input))
+        await self.start_song(interaction, options)
+
+    # --- errors --------------------------------------------------------------------------------------------------
+    async def cog_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        original = getattr(error, "original", error)
+        await self.report_unexpected(interaction, original)
+
+    async def report_unexpected(self, interaction: discord.Interaction, error: BaseException) -> None:
+        wrapped = error if isinstance(error, SongbotError) else SongbotError("unexpected")
+        log.error("unexpected error in /song [error %s]", wrapped.error_id, exc_info=error)
+        text = failure_text(wrapped)
+        try:
+            if interaction.response.is_done():
+                await interaction.edit_original_response(content=text, embed=None, attachments=[], view=None)
+            else:
+                await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_PINGS)
+        except discord.HTTPException:
+            log.warning("could not report error %s to the member", wrapped.error_id)
+
+
+async def setup(bot: SongBot) -> None:
+    bot.add_dynamic_items(CancelButton, RegenerateButton)
+    await bot.add_cog(SongCog(bot))
