@@ -1,0 +1,391 @@
+"""The SQL, one method per question or change, all run inside a transaction the caller holds.
+
+A :class:`Tx` wraps one connection in a read or write transaction (see :mod:`services.store.engine`). Methods
+that write assume a write transaction: they read, decide and write without another writer in between, which is
+what makes quota reservations atomic. :class:`services.store.store.Store` opens the transactions; the policy
+uses a write ``Tx`` directly to check and reserve in one go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.clock import Clock
+from services.guild_settings import SPECS, GuildSettings, from_overrides
+from services.store.records import (
+    PROGRESS,
+    TERMINAL,
+    AuditEntry,
+    JobRecord,
+    JobStateError,
+    JobStatus,
+    JobUpdate,
+    MemberTotals,
+    Reservation,
+    ReservationState,
+    Totals,
+)
+from services.store.schema import audit_log, guild_settings, jobs, meta, reservations, usage
+
+_TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
+#: Jobs in these states do not hold a cooldown: the member got nothing, through no choice of theirs.
+NO_COOLDOWN_STATUSES = (JobStatus.FAILED.value, JobStatus.INTERRUPTED.value)
+DM_GUILD = 0
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def _loads(raw: str | None) -> object:
+    return None if raw is None else json.loads(raw)
+
+
+def member_key(salt: str, user_id: int) -> str:
+    """A salted hash of a member id: it keeps their quota and cooldown after their data is deleted, without
+    keeping who they are. The salt is random per database (``meta.member_key_salt``)."""
+    return hmac.new(salt.encode(), str(user_id).encode(), hashlib.sha256).hexdigest()
+
+
+def whole_seconds(seconds: float) -> int:
+    """Seconds of audio as billed: rounded up, never negative."""
+    return max(0, math.ceil(seconds - 1e-9))
+
+
+def _job(row: sa.Row[Any]) -> JobRecord:
+    options = _loads(row.options)
+    return JobRecord(
+        id=row.id,
+        guild_id=row.guild_id,
+        channel_id=row.channel_id,
+        user_id=row.user_id,
+        prompt=row.prompt,
+        lyrics=row.lyrics,
+        options=options if isinstance(options, dict) else {},
+        status=JobStatus(row.status),
+        request_id=row.request_id,
+        duration_s=row.duration_s,
+        url=row.url,
+        url_expires_at=row.url_expires_at,
+        message_id=row.message_id,
+        error_code=row.error_code,
+        error_id=row.error_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+    )
+
+
+class Tx:
+    """One transaction's worth of store operations."""
+
+    def __init__(self, conn: AsyncConnection, clock: Clock, salt: str) -> None:
+        self.conn = conn
+        self.clock = clock
+        self._salt = salt
+
+    def member_key(self, user_id: int) -> str:
+        return member_key(self._salt, user_id)
+
+    # --- settings -------------------------------------------------------------------------------------------
+
+    async def overrides(self, guild_id: int) -> dict[str, object]:
+        result = await self.conn.execute(
+            sa.select(guild_settings.c.key, guild_settings.c.value).where(guild_settings.c.guild_id == guild_id)
+        )
+        return {row.key: _loads(row.value) for row in result}
+
+    async def settings(self, guild_id: int) -> GuildSettings:
+        return from_overrides(await self.overrides(guild_id))
+
+    async def save_settings(
+        self, guild_id: int, actor_id: int | None, action: str, before: GuildSettings, after: GuildSettings
+    ) -> None:
+        """Store ``after`` as overrides (a value equal to its default is not stored) and audit each changed key."""
+        now = self.clock.now()
+        stored = await self.overrides(guild_id)
+        for name, new in after.as_dict().items():
+            old = before.value(name)
+            if new == old:
+                continue
+            await self.conn.execute(
+                audit_log.insert().values(
+                    guild_id=guild_id,
+                    actor_id=actor_id,
+                    at=now,
+                    action=action,
+                    key=name,
+                    before=_dumps(old),
+                    after=_dumps(new),
+                )
+            )
+            where = (guild_settings.c.guild_id == guild_id) & (guild_settings.c.key == name)
+            if new == SPECS[name].default:
+                await self.conn.execute(guild_settings.delete().where(where))
+            elif name in stored:
+                await self.conn.execute(
+                    guild_settings.update().where(where).values(value=_dumps(new), updated_at=now, updated_by=actor_id)
+                )
+            else:
+                await self.conn.execute(
+                    guild_settings.insert().values(
+                        guild_id=guild_id, key=name, value=_dumps(new), updated_at=now, updated_by=actor_id
+                    )
+                )
+
+    async def audit(self, guild_id: int, limit: int) -> list[AuditEntry]:
+        result = await self.conn.execute(
+            sa.select(audit_log)
+            .where(audit_log.c.guild_id == guild_id)
+            .order_by(audit_log.c.at.desc(), audit_log.c.id.desc())
+            .limit(limit)
+        )
+        return [
+            AuditEntry(
+                id=row.id,
+                guild_id=row.guild_id,
+                actor_id=row.actor_id,
+                at=row.at,
+                action=row.action,
+                key=row.key,
+                before=_loads(row.before),
+                after=_loads(row.after),
+            )
+            for row in result
+        ]
+
+    # --- jobs -----------------------------------------------------------------------------------------------
+
+    async def insert_job(
+        self,
+        *,
+        guild_id: int | None,
+        channel_id: int,
+        user_id: int,
+        prompt: str | None,
+        lyrics: str | None,
+        options: Mapping[str, object],
+    ) -> int:
+        now = self.clock.now()
+        result = await self.conn.execute(
+            jobs.insert()
+            .values(
+                guild_id=guild_id,
+                channel_id=channel_id,
+                user_id=user_id,
+                member_key=self.member_key(user_id),
+                prompt=prompt,
+                lyrics=lyrics,
+                options=json.dumps(dict(options)),
+                status=JobStatus.ACCEPTED.value,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(jobs.c.id)
+        )
+        return int(result.scalar_one())
+
+    async def job(self, job_id: int) -> JobRecord | None:
+        row = (await self.conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
+        return None if row is None else _job(row)
+
+    async def transition(self, job_id: int, status: JobStatus, fields: JobUpdate) -> JobRecord:
+        current = await self.job(job_id)
+        if current is None:
+            raise JobStateError(f"job {job_id} does not exist", job_id=job_id, status=None)
+        if current.status.terminal:
+            raise JobStateError(
+                f"job {job_id} is already {current.status}; it cannot become {status}",
+                job_id=job_id,
+                status=current.status,
+            )
+        if not status.terminal and PROGRESS.index(status) < PROGRESS.index(current.status):
+            raise JobStateError(
+                f"job {job_id} is {current.status}; it cannot go back to {status}", job_id=job_id, status=current.status
+            )
+        unknown = set(fields) - set(JobUpdate.__annotations__)
+        if unknown:
+            raise TypeError(f"transition() got fields it cannot set: {', '.join(sorted(unknown))}")
+        now = self.clock.now()
+        values: dict[str, object] = {**fields, "status": status.value, "updated_at": now}
+        if status.terminal:
+            values["finished_at"] = now
+        await self.conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+        updated = await self.job(job_id)
+        assert updated is not None
+        return updated
+
+    async def set_message(self, job_id: int, channel_id: int, message_id: int) -> None:
+        result = await self.conn.execute(
+            jobs.update()
+            .where(jobs.c.id == job_id)
+            .values(channel_id=channel_id, message_id=message_id, updated_at=self.clock.now())
+        )
+        if result.rowcount == 0:
+            raise JobStateError(f"job {job_id} does not exist", job_id=job_id, status=None)
+
+    async def unfinished_jobs(self) -> list[JobRecord]:
+        result = await self.conn.execute(
+            sa.select(jobs).where(jobs.c.status.not_in(_TERMINAL_VALUES)).order_by(jobs.c.id)
+        )
+        return [_job(row) for row in result]
+
+    async def history(self, user_id: int, guild_id: int | None, limit: int) -> list[JobRecord]:
+        query = sa.select(jobs).where(jobs.c.user_id == user_id)
+        if guild_id is not None:
+            query = query.where(jobs.c.guild_id == guild_id)
+        result = await self.conn.execute(query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit))
+        return [_job(row) for row in result]
+
+    async def last_start(self, guild_id: int | None, user_id: int) -> datetime | None:
+        """When this member's most recent job that holds a cooldown was accepted in this server."""
+        guild = jobs.c.guild_id.is_(None) if guild_id is None else jobs.c.guild_id == guild_id
+        value = await self.conn.scalar(
+            sa.select(sa.func.max(jobs.c.created_at)).where(
+                guild,
+                jobs.c.member_key == self.member_key(user_id),
+                jobs.c.status.not_in(NO_COOLDOWN_STATUSES),
+            )
+        )
+        return value if isinstance(value, datetime) else None
+
+    # --- usage ----------------------------------------------------------------------------------------------
+
+    async def _totals(self, *where: sa.ColumnElement[bool]) -> Totals:
+        row = (
+            await self.conn.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(usage.c.songs), 0), sa.func.coalesce(sa.func.sum(usage.c.seconds), 0)
+                ).where(*where)
+            )
+        ).one()
+        return Totals(songs=int(row[0]), seconds=int(row[1]))
+
+    async def member_totals(self, guild_id: int, user_id: int, day: date) -> Totals:
+        key = self.member_key(user_id)
+        return await self._totals(usage.c.guild_id == guild_id, usage.c.member_key == key, usage.c.day == day)
+
+    async def guild_totals(self, guild_id: int, day: date) -> Totals:
+        return await self._totals(usage.c.guild_id == guild_id, usage.c.day == day)
+
+    async def global_totals(self, day: date) -> Totals:
+        return await self._totals(usage.c.day == day)
+
+    async def top_members(self, guild_id: int, day: date, limit: int) -> list[MemberTotals]:
+        """The members who made the most songs in a server on a day (members who deleted their data excluded)."""
+        songs = sa.func.sum(usage.c.songs).label("songs")
+        seconds = sa.func.sum(usage.c.seconds).label("seconds")
+        result = await self.conn.execute(
+            sa.select(usage.c.user_id, songs, seconds)
+            .where(usage.c.guild_id == guild_id, usage.c.day == day, usage.c.user_id.is_not(None))
+            .group_by(usage.c.user_id)
+            .having(songs > 0)
+            .order_by(songs.desc(), seconds.desc(), usage.c.user_id)
+            .limit(limit)
+        )
+        return [MemberTotals(user_id=row.user_id, songs=int(row.songs), seconds=int(row.seconds)) for row in result]
+
+    async def _add_usage(
+        self, guild_id: int, key: str, day: date, user_id: int | None, songs: int, seconds: int
+    ) -> None:
+        where = (usage.c.guild_id == guild_id) & (usage.c.member_key == key) & (usage.c.day == day)
+        values: dict[str, object] = {"songs": usage.c.songs + songs, "seconds": usage.c.seconds + seconds}
+        if user_id is not None:
+            values["user_id"] = user_id
+        result = await self.conn.execute(usage.update().where(where).values(**values))
+        if result.rowcount == 0:
+            await self.conn.execute(
+                usage.insert().values(
+                    guild_id=guild_id, member_key=key, day=day, user_id=user_id, songs=songs, seconds=seconds
+                )
+            )
+
+    async def reserve(self, job_id: int, guild_id: int, user_id: int, day: date, songs: int, seconds: int) -> None:
+        key = self.member_key(user_id)
+        await self.conn.execute(
+            reservations.insert().values(
+                job_id=job_id,
+                guild_id=guild_id,
+                member_key=key,
+                day=day,
+                songs=songs,
+                seconds=seconds,
+                state=ReservationState.HELD.value,
+                updated_at=self.clock.now(),
+            )
+        )
+        await self._add_usage(guild_id, key, day, user_id, songs, seconds)
+
+    async def reservation(self, job_id: int) -> Reservation | None:
+        row = (await self.conn.execute(sa.select(reservations).where(reservations.c.job_id == job_id))).first()
+        if row is None:
+            return None
+        return Reservation(
+            job_id=row.job_id,
+            guild_id=row.guild_id,
+            member_key=row.member_key,
+            day=row.day,
+            songs=row.songs,
+            seconds=row.seconds,
+            state=ReservationState(row.state),
+        )
+
+    async def _set_reservation(self, job_id: int, state: ReservationState, seconds: int) -> None:
+        await self.conn.execute(
+            reservations.update()
+            .where(reservations.c.job_id == job_id)
+            .values(state=state.value, seconds=seconds, updated_at=self.clock.now())
+        )
+
+    async def settle(self, job_id: int, actual_seconds: float) -> bool:
+        """Turn a held reservation into real use, replacing the estimated seconds with the actual ones.
+
+        Counted on the day the job was accepted. False (and no change) when it was already settled or refunded.
+        """
+        held = await self.reservation(job_id)
+        if held is None or held.state is not ReservationState.HELD:
+            return False
+        actual = whole_seconds(actual_seconds)
+        await self._add_usage(held.guild_id, held.member_key, held.day, None, 0, actual - held.seconds)
+        await self._set_reservation(job_id, ReservationState.COMMITTED, actual)
+        return True
+
+    async def refund(self, job_id: int) -> bool:
+        """Give back what a job reserved (or committed). Idempotent: False when there is nothing to give back."""
+        held = await self.reservation(job_id)
+        if held is None or held.state is ReservationState.REFUNDED:
+            return False
+        await self._add_usage(held.guild_id, held.member_key, held.day, None, -held.songs, -held.seconds)
+        await self._set_reservation(job_id, ReservationState.REFUNDED, held.seconds)
+        return True
+
+    # --- privacy --------------------------------------------------------------------------------------------
+
+    async def delete_member_data(self, user_id: int) -> int:
+        scrubbed = await self.conn.execute(
+            jobs.update()
+            .where(jobs.c.user_id == user_id)
+            .values(user_id=None, prompt=None, lyrics=None, options=None, url=None, url_expires_at=None)
+        )
+        await self.conn.execute(usage.update().where(usage.c.user_id == user_id).values(user_id=None))
+        await self.conn.execute(audit_log.update().where(audit_log.c.actor_id == user_id).values(actor_id=None))
+        await self.conn.execute(
+            guild_settings.update().where(guild_settings.c.updated_by == user_id).values(updated_by=None)
+        )
+        return int(scrubbed.rowcount)
+
+
+async def load_salt(conn: AsyncConnection) -> str:
+    salt = await conn.scalar(sa.select(meta.c.value).where(meta.c.key == "member_key_salt"))
+    if not isinstance(salt, str) or not salt:
+        raise RuntimeError("the database has no member_key_salt; it was not created by songbot's migrations")
+    return salt
