@@ -1,24 +1,24 @@
 """Audio after generation: transcoding, fitting a song under an upload limit, tags, and a waveform picture.
 
-Everything slow runs off the event loop: pydub (which runs ffmpeg and copies whole songs in memory) in a worker
-thread via :func:`asyncio.to_thread`, plain ffmpeg jobs through :func:`services.ffmpeg.run_ffmpeg`.
+Everything slow runs off the event loop: pydub (which runs ffmpeg and copies whole songs in memory) in a
+worker thread via :func:`asyncio.to_thread`, plain ffmpeg jobs through :func:`services.ffmpeg.run_ffmpeg`.
 
-Formats: ``mp3`` (libmp3lame, CBR), ``ogg`` (Opus in an Ogg container, libopus; the imageio-ffmpeg build has it),
-``wav`` (16-bit PCM). There is no ffprobe here, so pydub is always told the decoder (``codec=``), which is what makes
-it skip its ffprobe call (``mediainfo_json``).
+Formats: ``mp3`` (libmp3lame, CBR), ``ogg`` (Opus in an Ogg container, libopus; the imageio-ffmpeg build has
+it), ``wav`` (16-bit PCM). There is no ffprobe here, so pydub is always told the decoder (``codec=``), which
+is what makes it skip its ffprobe call (``mediainfo_json``).
 
 Tags, where the format has them:
 
-- mp3: an ID3v2.4 tag written here (TIT2 title, TPE1 artist, USLT lyrics, COMM comment; UTF-8). ffmpeg's mp3 muxer
-  cannot write a real USLT frame: a ``lyrics`` metadata key becomes ``TXXX:USLT``, which players do not show as
-  lyrics. So ffmpeg encodes without any ID3 tag and the tag is prepended in Python.
+- mp3: an ID3v2.4 tag written here (TIT2 title, TPE1 artist, USLT lyrics, COMM comment; UTF-8). ffmpeg's mp3
+  muxer cannot write a real USLT frame: a ``lyrics`` metadata key becomes ``TXXX:USLT``, which players do not
+  show as lyrics. So ffmpeg encodes without any ID3 tag and the tag is prepended in Python.
 - ogg: Vorbis comments TITLE, ARTIST, LYRICS, and the comment (ffmpeg names it DESCRIPTION).
 - wav: RIFF INFO INAM (title) and IART (artist) only; WAV has no lyrics field.
 
-:func:`fit` keeps the original audio when it is already in the wanted format and fits; it still rewrites the tags
-(mp3: the ID3 tag is swapped in Python; ogg/wav: ffmpeg ``-c copy``), because without that the common case (an mp3
-under the limit) would never carry its title and lyrics. The audio packets stay byte-identical. If the new tags
-would push the file over the limit, the original bytes are copied untouched instead.
+:func:`fit` keeps the original audio when it is already in the wanted format and fits; it still rewrites
+the tags (mp3: the ID3 tag is swapped in Python; ogg/wav: ffmpeg ``-c copy``), because without that the common
+case (an mp3 under the limit) would never carry its title and lyrics. The audio packets stay byte-identical.
+If the new tags would push the file over the limit, the original bytes are copied untouched instead.
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ OGG_LADDER: tuple[int, ...] = (160, 128, 96, 64, 48, 32, 24)
 LADDERS: dict[str, tuple[int, ...]] = {"mp3": MP3_LADDER, "ogg": OGG_LADDER}
 DEFAULT_KBPS: dict[str, int] = {"mp3": 192, "ogg": 128}
 
-# Before encoding a rung, its size is guessed as duration * bitrate / 8 times this factor; a rung whose guess is
-# over the limit is skipped. CBR mp3 lands within a few percent of the guess; Opus is VBR and came out between
-# 0.85x and 1.4x of it on test music, so its factor is lower (skipping a rung that would have fitted costs quality).
-# After a real encode the measured ratio replaces the factor. The lowest rung is always really encoded.
+# Before encoding a rung, its size is guessed as duration * bitrate / 8 times this factor; a rung whose guess
+# is over the limit is skipped. CBR mp3 lands within a few percent of the guess; Opus is VBR and came out
+# between 0.85x and 1.4x of it on test music, so its factor is lower (skipping a rung that would have fitted
+# costs quality). After a real encode the measured ratio replaces the factor. The lowest rung is always
+# really encoded.
 _FIRST_GUESS = {"mp3": 0.95, "ogg": 0.7}
 _LEARNED_MARGIN = 0.85
 
@@ -82,7 +83,7 @@ _COPY_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Tags:
-    """What goes into the file's tags. Control characters (except newline and tab) are dropped when written."""
+    """What goes into the file's tags. Control characters (but newline and tab) are dropped when written."""
 
     title: str
     artist: str = "songbot"
@@ -94,8 +95,9 @@ class Tags:
 class FitResult:
     """The file to upload.
 
-    ``format`` may differ from the one asked for: a WAV that does not fit is delivered as mp3. ``bitrate_kbps`` is
-    the ladder rung used, or None when the audio was not re-encoded (``transcoded`` False) or is PCM.
+    ``format`` may differ from the one asked for: a WAV that does not fit is delivered as mp3.
+    ``bitrate_kbps`` is the ladder rung used, or None when the audio was not re-encoded (``transcoded`` False)
+    or is PCM.
     """
 
     path: Path
@@ -105,7 +107,7 @@ class FitResult:
     transcoded: bool
 
 
-# ---------------------------------------------------------------------------------------------------- public API
+# ------------------------------------------------------------------------------------------------ public API
 
 
 async def transcode(
@@ -119,8 +121,8 @@ async def transcode(
 ) -> Path:
     """Decode ``src`` and encode it to ``dst`` (pydub, in a worker thread). Returns ``dst``.
 
-    ``bitrate_kbps`` defaults to 192 for mp3 and 128 for ogg; it must be None for wav. Raises ``FfmpegError`` when
-    the source does not decode or the encoder fails (no partial ``dst`` is left behind).
+    ``bitrate_kbps`` defaults to 192 for mp3 and 128 for ogg; it must be None for wav. Raises ``FfmpegError``
+    when the source does not decode or the encoder fails (no partial ``dst`` is left behind).
     """
     _check_format(src_format)
     _check_format(dst_format)
@@ -137,14 +139,22 @@ async def transcode(
     return dst
 
 
-async def fit(src: Path, src_format: str, want_format: str, max_bytes: int, *, tags: Tags, out_dir: Path) -> FitResult:
+async def fit(
+    src: Path,
+    src_format: str,
+    want_format: str,
+    max_bytes: int,
+    *,
+    tags: Tags,
+    out_dir: Path,
+) -> FitResult:
     """Make a file of ``want_format`` no larger than ``max_bytes`` in ``out_dir`` (named from the title).
 
     Order: the original audio with new tags (no re-encode) when it is already ``want_format`` and fits; else a
-    transcode, walking the bitrate ladder down until the real size fits. mp3 never goes above the source's own
-    bitrate when the source is mp3 (likewise ogg from ogg). A WAV that does not fit falls back to mp3 (the original
-    mp3 if the source is one and fits). Raises :class:`CannotFit` when even the lowest rung is too large.
-    The source is decoded at most once.
+    transcode, walking the bitrate ladder down until the real size fits. mp3 never goes above the source's
+    own bitrate when the source is mp3 (likewise ogg from ogg). A WAV that does not fit falls back to mp3 (the
+    original mp3 if the source is one and fits). Raises :class:`CannotFit` when even the lowest rung is too
+    large. The source is decoded at most once.
     """
     _check_format(src_format)
     _check_format(want_format)
@@ -155,10 +165,18 @@ async def fit(src: Path, src_format: str, want_format: str, max_bytes: int, *, t
     if src_format == want_format and src_size <= max_bytes:
         dst = await asyncio.to_thread(_output_path, out_dir, tags.title, src_format, src)
         return await _keep_async(src, src_format, src_size, dst, max_bytes, tags)
-    return await asyncio.to_thread(_fit_sync, src, src_format, src_size, want_format, max_bytes, tags, out_dir)
+    job = functools.partial(_fit_sync, src, src_format, src_size, want_format, max_bytes, tags, out_dir)
+    return await asyncio.to_thread(job)
 
 
-async def waveform_png(src: Path, dst: Path, *, width: int = 1200, height: int = 240, color: str = "0x5865F2") -> Path:
+async def waveform_png(
+    src: Path,
+    dst: Path,
+    *,
+    width: int = 1200,
+    height: int = 240,
+    color: str = "0x5865F2",
+) -> Path:
     """Draw the song's waveform (ffmpeg ``showwavespic``, channels mixed to one) as a PNG of width x height.
 
     The background is transparent. ``color`` is ``0xRRGGBB``, ``#RRGGBB`` (optionally with alpha) or a colour
@@ -195,16 +213,16 @@ async def waveform_png(src: Path, dst: Path, *, width: int = 1200, height: int =
 def slugify(text: str, *, max_len: int = 48, fallback: str = "song") -> str:
     """A file-name slug: lower-case ASCII letters, digits and single hyphens, at most ``max_len`` long.
 
-    Accents are folded (``Café`` -> ``cafe``); everything else (path separators, dots, emoji, control characters,
-    non-Latin scripts) becomes a separator. Text with nothing left gives ``fallback`` (itself slugified, and
-    ``song`` if that is empty too), so the result is never empty and never names a directory.
+    Accents are folded (``Café`` -> ``cafe``); everything else (path separators, dots, emoji, control
+    characters, non-Latin scripts) becomes a separator. Text with nothing left gives ``fallback`` (itself
+    slugified, and ``song`` if that is empty too), so the result is never empty and never names a directory.
     """
     if max_len < 1:
         raise ValueError("max_len must be at least 1")
     return _slug(text, max_len) or _slug(fallback, max_len) or "song"[:max_len]
 
 
-# ---------------------------------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------------------------ helpers
 
 _COLOR_RE = re.compile(r"(?:(?:0x|#)[0-9A-Fa-f]{6}(?:[0-9A-Fa-f]{2})?|[A-Za-z]{3,32})")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -263,7 +281,8 @@ def _decode(src: Path, fmt: str) -> Any:
             decoder, pydub_reads_it = _wav_decoder(buf)
             # a streamed WAV can carry placeholder sizes; pydub would read 0 frames or run past the end
             fix_sizes(buf, len(buf))
-            return segment_cls.from_file(io.BytesIO(buf), format="wav" if pydub_reads_it else None, codec=decoder)
+            container = "wav" if pydub_reads_it else None
+            return segment_cls.from_file(io.BytesIO(buf), format=container, codec=decoder)
         return segment_cls.from_file(str(src), format=fmt, codec=_DECODERS[fmt])
     except CouldntDecodeError as exc:
         raise FfmpegError(f"{fmt} did not decode: {_tail(exc)}") from None
@@ -401,7 +420,7 @@ def _mp3_audio_span(path: Path) -> tuple[int, int]:
 
 
 def _retag_mp3(src: Path, dst: Path, tags: Tags) -> int:
-    """Copy the MPEG frames of ``src`` to ``dst`` behind a new ID3v2 tag (old tags dropped). Returns the size."""
+    """Copy the MPEG frames of ``src`` to ``dst`` behind a new ID3v2 tag (old tags dropped). Returns size."""
     start, end = _mp3_audio_span(src)
     try:
         with src.open("rb") as fin, dst.open("wb") as fout:
@@ -485,7 +504,8 @@ def _fit_sync(
         want = "mp3"
     cap = _source_kbps(src, src_format, duration_s) if src_format == want else None
     dst = _output_path(out_dir, tags.title, want, src)
-    return _walk_ladder(lambda kbps: _encode(segment, dst, want, kbps, tags), dst, want, duration_s, max_bytes, cap)
+    encode = functools.partial(_encode, segment, dst, want, tags=tags)
+    return _walk_ladder(encode, dst, want, duration_s, max_bytes, cap)
 
 
 def _wav_size_guess(segment: Any) -> int:
@@ -502,7 +522,7 @@ def _source_kbps(src: Path, fmt: str, duration_s: float) -> float | None:
 
 
 def ladder_for(fmt: str, source_kbps: float | None = None) -> tuple[int, ...]:
-    """The rungs to try for ``fmt``, best first, none above the source's bitrate (2% slack for container bytes).
+    """The rungs to try for ``fmt``, best first, none above the source's bitrate (2% slack for the container).
 
     If the source is below even the lowest rung, only the lowest rung is left.
     """
@@ -536,7 +556,8 @@ def _walk_ladder(
         if guess > 0:
             ratio = size / guess * _LEARNED_MARGIN
     dst.unlink(missing_ok=True)
-    raise CannotFit(f"{duration_s:.1f}s of audio does not fit in {max_bytes} bytes as {fmt} (tried {', '.join(tried)})")
+    attempts = ", ".join(tried)
+    raise CannotFit(f"{duration_s:.1f}s of audio won't fit in {max_bytes} bytes as {fmt} (tried {attempts})")
 
 
 __all__ = [
