@@ -1,0 +1,789 @@
+"""The Fun-Music HTTP client: one call in, one finished audio file out.
+
+``generate`` validates the request (no network before that), then POSTs to DashScope, streaming (SSE) when the input
+fits the streaming limits and not otherwise, and ends with a file in ``out_dir`` that has been decoded by ffmpeg to
+measure it. What it guards against, with the reasons in ``dashscope-wire.md``:
+
+- aiohttp's line reader dies on long lines, so the body is read with ``iter_any()`` into our own SSE parser;
+- each event's base64 is decoded on its own (``validate=True``): joining padded chunks silently drops data;
+- a stream that closes without ``finish_reason: "stop"`` is an error, never a short song;
+- a streamed WAV carries placeholder sizes (and maybe repeated headers): dropped and repaired;
+- errors are classified by ``code`` (see ``errors_map``), never by HTTP 200;
+- retryable failures are retried whole with exponential backoff and full jitter; paid-for-nothing cases
+  (auth, moderation, parameters) never are;
+- every request has a connect timeout and an idle read timeout, and the whole call has a deadline;
+- the non-streaming download only goes to DashScope's OSS hosts (or ones the operator allowed), with a size cap,
+  and redirects are followed by hand so they cannot lead elsewhere.
+
+The audio never sits whole in memory: decoded chunks go straight to the file, in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import random
+import re
+import struct
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+from yarl import URL
+
+from services.errors import (
+    BrokenStream,
+    ConfigError,
+    ConnectionFailed,
+    DownloadError,
+    ErrorBody,
+    ServiceError,
+    ServiceTimeout,
+    SongbotError,
+)
+from services.ffmpeg import FfmpegError, probe_audio
+from services.funmusic.errors_map import body_from_json, classify, parse_error_body, parse_retry_after
+from services.funmusic.limiter import RateLimiter
+from services.funmusic.request import GenerationRequest, GenerationResult, Mode, Progress, ProgressCallback
+from services.funmusic.sse import SSEEvent, SSEParser
+from services.settings import Secret, Settings
+from services.wav import find_data_chunk, repair_wav_file
+
+log = logging.getLogger(__name__)
+
+GENERATION_PATH = "/services/audio/music/generation"
+OSS_HOST_SUFFIX = ".aliyuncs.com"
+ERROR_BODY_MAX = 1024 * 1024
+JSON_BODY_MAX = 64 * 1024 * 1024
+DOWNLOAD_CHUNK = 256 * 1024
+MAX_REDIRECTS = 3
+HEAD_BYTES = 64 * 1024
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+RESULT_EVENTS = frozenset({"result", "message"})
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+# --------------------------------------------------------------------------------------------------- audio files
+
+
+_MP3_BITRATES_KBPS = {
+    # (MPEG-1?, layer) -> bitrate table indexed by the header's 4-bit index
+    (True, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+
+
+def mp3_bitrate(head: bytes | bytearray) -> int | None:
+    """Bits per second of the first MPEG audio frame in ``head`` (after any ID3v2 tag), or None."""
+    pos = 0
+    if head[:3] == b"ID3" and len(head) >= 10:
+        size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F)
+        pos = 10 + size + (10 if head[5] & 0x10 else 0)
+    while True:
+        pos = head.find(b"\xff", pos)
+        if pos < 0 or pos + 4 > len(head):
+            return None
+        b1, b2 = head[pos + 1], head[pos + 2]
+        version, layer_bits = (b1 >> 3) & 3, (b1 >> 1) & 3
+        index, rate_index = b2 >> 4, (b2 >> 2) & 3
+        if (b1 & 0xE0) == 0xE0 and version != 1 and layer_bits != 0 and index not in (0, 15) and rate_index != 3:
+            return _MP3_BITRATES_KBPS[(version == 3, 4 - layer_bits)][index] * 1000
+        pos += 1
+
+
+def wav_byte_rate(head: bytes | bytearray) -> tuple[int, int] | None:
+    """(bytes of audio per second, bytes before the samples) from a WAV header, or None."""
+    data_at = find_data_chunk(head)
+    if data_at is None:
+        return None
+    pos = 12
+    while pos + 8 <= data_at:
+        chunk_id = bytes(head[pos : pos + 4])
+        (size,) = struct.unpack_from("<I", head, pos + 4)
+        if chunk_id == b"fmt " and pos + 24 <= len(head):
+            _, channels, rate = struct.unpack_from("<HHI", head, pos + 8)
+            (bits,) = struct.unpack_from("<H", head, pos + 22)
+            per_second = rate * channels * max(1, bits // 8 or 2)
+            return (per_second, data_at + 8) if per_second > 0 else None
+        pos += 8 + size + (size & 1)
+    return None
+
+
+class _AudioSink:
+    """The output file being assembled. Methods marked *blocking* do file I/O: call them with ``to_thread``."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.bytes_written = 0
+        self.head = bytearray()
+        self.dropped_headers = 0
+        self._fh: IO[bytes] | None = None
+        self._rate: tuple[int, int] | None = None
+
+    def reset(self) -> None:
+        """*Blocking.* Start (or start over) with an empty file."""
+        if self._fh is None:
+            self._fh = self.path.open("wb")
+        else:
+            self._fh.seek(0)
+            self._fh.truncate()
+        self.bytes_written = 0
+        self.head = bytearray()
+        self.dropped_headers = 0
+        self._rate = None
+
+    def write_stream_payloads(self, payloads: Sequence[str], request_id: str | None) -> None:
+        """*Blocking.* Decode each event's base64 on its own and append it (dropping repeated WAV headers)."""
+        for payload in payloads:
+            try:
+                data = base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise BrokenStream(
+                    f"invalid base64 in an audio event: {exc}",
+                    request_id=request_id,
+                    audio_delivered=self.bytes_written > 0,
+                ) from None
+            if self.fmt == "wav" and self.bytes_written and data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+                data_at = find_data_chunk(data)
+                if data_at is not None:
+                    data = data[data_at + 8 :]
+                    self.dropped_headers += 1
+            self.write_raw(data)
+
+    def write_raw(self, data: bytes) -> None:
+        """*Blocking.* Append bytes as they are."""
+        if not data:
+            return
+        assert self._fh is not None, "reset() first"
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+        self._fh.write(data)
+        self.bytes_written += len(data)
+
+    def close(self) -> None:
+        """*Blocking.*"""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def discard(self) -> None:
+        """*Blocking.* Close and delete: no partial file is left behind."""
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def seconds(self) -> float:
+        """Seconds of audio so far, estimated from the header (WAV) or the first frame's bitrate (MP3)."""
+        if self._rate is None and self.head:
+            if self.head[:4] == b"RIFF":
+                self._rate = wav_byte_rate(self.head)
+            else:
+                bitrate = mp3_bitrate(self.head)
+                self._rate = (bitrate // 8, 0) if bitrate else None
+        if self._rate is None:
+            return 0.0
+        per_second, offset = self._rate
+        return max(0, self.bytes_written - offset) / per_second
+
+
+# ------------------------------------------------------------------------------------------------------ results
+
+
+@dataclass
+class _Final:
+    """What the finishing event (or the non-streaming body) says about the song."""
+
+    request_id: str | None
+    url: str | None
+    expires_at: int | None
+    lyrics: str
+    sample_rate: int | None
+    channels: int | None
+    billed_seconds: int | None
+    audio_id: str | None
+
+
+def _as_int(value: object) -> int | None:
+    """``48000``, ``"48000"`` and ``200.0`` are all integers here (the docs and examples disagree on types)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return round(value)
+    if isinstance(value, str):
+        try:
+            return round(float(value.strip()))
+        except ValueError:
+            return None
+    return None
+
+
+def _as_dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _final_from(obj: Mapping[str, Any], request_id: str | None) -> _Final:
+    output = _as_dict(obj.get("output"))
+    audio = _as_dict(output.get("audio"))
+    extra = _as_dict(output.get("extra_info"))
+    usage = _as_dict(obj.get("usage"))
+    url = audio.get("url")
+    lyrics = extra.get("lyrics")
+    audio_id = audio.get("id")
+    return _Final(
+        request_id=str(obj.get("request_id") or request_id or "") or None,
+        url=url if isinstance(url, str) and url else None,
+        expires_at=_as_int(audio.get("expires_at")),
+        lyrics=lyrics if isinstance(lyrics, str) else "",
+        sample_rate=_as_int(extra.get("sample_rate")),
+        channels=_as_int(extra.get("channels")),
+        billed_seconds=_as_int(usage.get("duration")),
+        audio_id=audio_id if isinstance(audio_id, str) else None,
+    )
+
+
+def _is_stop(output: Mapping[str, Any]) -> bool:
+    """``"null"``, ``""``, JSON null and a missing field all mean "not finished" (``dashscope-wire.md`` §2)."""
+    reason = output.get("finish_reason")
+    return isinstance(reason, str) and reason.strip().lower() == "stop"
+
+
+def _final_path(tmp: Path, out_dir: Path, request_id: str | None, fmt: str) -> Path:
+    """*Blocking.* Give the finished temp file its name: the request id when it is a safe file name."""
+    stem = request_id if request_id and _SAFE_NAME.match(request_id) else uuid.uuid4().hex
+    target = out_dir / f"{stem}.{fmt}"
+    if target.exists():
+        target = out_dir / f"{stem}-{uuid.uuid4().hex[:8]}.{fmt}"
+    tmp.rename(target)
+    return target
+
+
+class _Reporter:
+    """Sends progress to the caller's callback; a failing callback is logged, never fatal to the song."""
+
+    def __init__(self, callback: ProgressCallback | None, tag: str) -> None:
+        self._callback = callback
+        self._tag = tag
+        self.attempt = 1
+
+    async def __call__(self, stage: str, bytes_received: int = 0, seconds_received: float = 0.0) -> None:
+        if self._callback is None:
+            return
+        try:
+            await self._callback(
+                Progress(
+                    stage=stage,
+                    bytes_received=bytes_received,
+                    seconds_received=seconds_received,
+                    attempt=self.attempt,
+                )
+            )
+        except SongbotError:
+            raise
+        except Exception:
+            log.exception("fun-music %s: progress callback failed (ignored)", self._tag)
+
+
+# ------------------------------------------------------------------------------------------------------- client
+
+
+class FunMusicClient:
+    """Talks to DashScope's music generation endpoint. One instance per process, sharing one ClientSession."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        api_key: Secret,
+        base_url: str,
+        max_retries: int = 3,
+        connect_timeout_s: float = 10,
+        idle_timeout_s: float = 60,
+        total_deadline_s: float = 600,
+        download_max_bytes: int = 200 * 1024 * 1024,
+        extra_download_hosts: Sequence[str] = (),
+        limiter: RateLimiter | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        if not api_key:
+            raise ConfigError("DASHSCOPE_API_KEY is empty: put your DashScope API key in .env.")
+        base = URL(base_url.rstrip("/"))
+        if base.scheme not in ("http", "https") or not base.host:
+            raise ConfigError(f"DASHSCOPE_BASE_URL must be a full http(s) URL; got {base_url!r}.")
+        self._session = session
+        self._api_key = api_key
+        self.base_url = str(base)
+        self.endpoint = f"{self.base_url}{GENERATION_PATH}"
+        self.max_retries = max(0, max_retries)
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.total_deadline_s = total_deadline_s
+        self.download_max_bytes = download_max_bytes
+        self.allowed_hosts = frozenset({base.host.lower(), *(h.lower() for h in extra_download_hosts)})
+        self._limiter = limiter
+        self._sleep = sleep
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=idle_timeout_s)
+
+    @classmethod
+    def from_settings(
+        cls,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        *,
+        base_url: str | None = None,
+        api_key: Secret | None = None,
+    ) -> FunMusicClient:
+        """The client the settings describe (``base_url``/``api_key`` override them, e.g. for the simulator)."""
+        return cls(
+            session,
+            api_key=api_key if api_key is not None else settings.dashscope_api_key,
+            base_url=base_url or settings.dashscope_base_url,
+            max_retries=settings.max_retries,
+            connect_timeout_s=settings.connect_timeout_s,
+            idle_timeout_s=settings.idle_timeout_s,
+            total_deadline_s=settings.total_deadline_s,
+            download_max_bytes=settings.download_max_bytes,
+            limiter=RateLimiter(settings.requests_per_minute, 60.0),
+        )
+
+    def __repr__(self) -> str:
+        return f"FunMusicClient(base_url={self.base_url!r}, api_key={self._api_key!r})"
+
+    # ------------------------------------------------------------------------------------------ the one call
+
+    async def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        out_dir: Path,
+        on_progress: ProgressCallback | None = None,
+    ) -> GenerationResult:
+        """Make one song. Raises :class:`InvalidInput` (before any network call) or a :class:`ServiceError`.
+
+        The returned file is new in ``out_dir`` and belongs to the caller. On failure nothing is left there.
+        """
+        req, mode = request.validated()
+        tag = uuid.uuid4().hex[:8]
+        sink = _AudioSink(out_dir / f".{tag}-{uuid.uuid4().hex}.{req.format}.part", req.format)
+        report = _Reporter(on_progress, tag)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await asyncio.to_thread(sink.reset)
+            try:
+                async with asyncio.timeout(self.total_deadline_s):
+                    final = await self._generate_with_retries(req, mode, sink, report, tag)
+                    if sink.bytes_written == 0:
+                        await self._download_with_retries(final, sink, report, tag)
+            except TimeoutError:
+                raise ServiceTimeout(
+                    f"no finished song within the {self.total_deadline_s:g} s deadline",
+                    audio_delivered=sink.bytes_written > 0,
+                ) from None
+            await asyncio.to_thread(sink.close)
+            result = await self._finish(req, mode, sink, final, out_dir)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(sink.discard))
+            raise
+        log.info(
+            "fun-music %s request_id=%s done: %s %s, %.1f s of audio, %d bytes, billed %s s, in %.1f s",
+            tag,
+            result.request_id,
+            mode.value,
+            req.format,
+            result.duration_s,
+            result.audio_bytes,
+            result.billed_seconds,
+            loop.time() - started,
+        )
+        return result
+
+    async def _finish(
+        self, req: GenerationRequest, mode: Mode, sink: _AudioSink, final: _Final, out_dir: Path
+    ) -> GenerationResult:
+        """Repair a streamed WAV's sizes, measure the file by decoding it, and give it its final name."""
+        if sink.head[:4] == b"RIFF":
+            await asyncio.to_thread(repair_wav_file, sink.path)
+        try:
+            info = await probe_audio(sink.path)
+        except FfmpegError as exc:
+            # The service said "stop" and charged for the song; sending it again would pay twice for the same fault.
+            raise BrokenStream(
+                f"the assembled audio does not decode: {exc}",
+                request_id=final.request_id,
+                retryable=False,
+                audio_delivered=True,
+            ) from None
+        path = await asyncio.to_thread(_final_path, sink.path, out_dir, final.request_id, req.format)
+        return GenerationResult(
+            audio_path=path,
+            format=req.format,
+            lyrics=final.lyrics,
+            duration_s=info.duration_s,
+            sample_rate=info.sample_rate,
+            channels=info.channels,
+            request_id=final.request_id,
+            url=final.url,
+            url_expires_at=final.expires_at,
+            billed_seconds=final.billed_seconds,
+            audio_bytes=sink.bytes_written,
+            mode=mode,
+            extra={
+                "service_sample_rate": final.sample_rate,
+                "service_channels": final.channels,
+                "audio_id": final.audio_id,
+                "codec": info.codec,
+                "dropped_wav_headers": sink.dropped_headers,
+            },
+        )
+
+    # -------------------------------------------------------------------------------------------- retrying
+
+    def backoff_delay(self, attempt: int, exc: ServiceError) -> float:
+        """Exponential backoff with full jitter; a server's ``retry-after`` is honoured (up to the cap)."""
+        cap = min(self.backoff_max_s, self.backoff_base_s * (2 ** (attempt - 1)))
+        delay = random.uniform(0.0, cap)
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, int | float) and retry_after > 0:
+            delay = max(delay, min(float(retry_after), self.backoff_max_s))
+        return delay
+
+    async def _retrying(
+        self,
+        what: str,
+        tag: str,
+        report: _Reporter,
+        once: Callable[[], Awaitable[_Final | None]],
+    ) -> _Final | None:
+        attempt = 0
+        while True:
+            attempt += 1
+            report.attempt = attempt
+            try:
+                return await once()
+            except ServiceError as exc:
+                if not exc.retryable or attempt > self.max_retries:
+                    log.warning("fun-music %s %s failed for good (attempt %d): %s", tag, what, attempt, exc)
+                    raise
+                delay = self.backoff_delay(attempt, exc)
+                log.warning("fun-music %s %s attempt %d failed, retrying in %.2f s: %s", tag, what, attempt, delay, exc)
+                await report("retrying")
+                await self._sleep(delay)
+
+    async def _generate_with_retries(
+        self, req: GenerationRequest, mode: Mode, sink: _AudioSink, report: _Reporter, tag: str
+    ) -> _Final:
+        async def once() -> _Final:
+            await report("connecting")
+            await asyncio.to_thread(sink.reset)
+            try:
+                return await self._attempt(req, mode, sink, report, tag)
+            except ServiceError as exc:
+                if sink.bytes_written:
+                    exc.audio_delivered = True
+                raise
+
+        final = await self._retrying("generation", tag, report, once)
+        assert final is not None
+        return final
+
+    # ---------------------------------------------------------------------------------------- one request
+
+    def _headers(self, streaming: bool) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {self._api_key.reveal()}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if streaming else "application/json",
+        }
+        if streaming:
+            headers["X-DashScope-SSE"] = "enable"
+        return headers
+
+    def _scrub(self, text: str) -> str:
+        """Belt and braces: whatever text leaves this client, the key is not in it."""
+        key = self._api_key.reveal()
+        return text.replace(key, "********") if key else text
+
+    async def _attempt(
+        self, req: GenerationRequest, mode: Mode, sink: _AudioSink, report: _Reporter, tag: str
+    ) -> _Final:
+        streaming = mode is Mode.STREAMING
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        log.info(
+            "fun-music %s POST %s (%s, %s, attempt %d)", tag, self.endpoint, mode.value, req.format, report.attempt
+        )
+        state = _StreamState()
+        try:
+            async with self._session.post(
+                self.endpoint,
+                json=req.body(streaming=streaming),
+                headers=self._headers(streaming),
+                timeout=self._timeout,
+            ) as resp:
+                return await self._response(resp, sink, report, state, tag)
+        except ServiceError as exc:
+            exc.request_id = exc.request_id or state.request_id
+            raise
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise ConnectionFailed(self._scrub(f"could not connect to DashScope in time: {exc}")) from None
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            raise ServiceTimeout(
+                self._scrub(f"DashScope sent nothing for {self.idle_timeout_s:g} s: {exc or type(exc).__name__}"),
+                request_id=state.request_id,
+            ) from None
+        except aiohttp.ClientPayloadError as exc:
+            raise BrokenStream(self._scrub(f"the response was cut off: {exc}"), request_id=state.request_id) from None
+        except aiohttp.ClientError as exc:
+            raise ConnectionFailed(
+                self._scrub(f"connection to DashScope failed: {type(exc).__name__}: {exc}"),
+                request_id=state.request_id,
+            ) from None
+
+    async def _response(
+        self, resp: aiohttp.ClientResponse, sink: _AudioSink, report: _Reporter, state: _StreamState, tag: str
+    ) -> _Final:
+        ctype = resp.content_type.lower()
+        if resp.status != 200:
+            raw = await _read_capped(resp, ERROR_BODY_MAX)
+            body = _error_body(raw, resp.status, is_sse=ctype == "text/event-stream")
+            header_id = resp.headers.get("x-request-id") or resp.headers.get("X-DashScope-Request-Id")
+            if body.request_id is None and header_id:
+                body = replace(body, request_id=header_id)
+            raise self._classified(body, tag, retry_after=parse_retry_after(resp.headers), where="HTTP")
+        if ctype == "text/event-stream":
+            return await self._read_stream(resp, sink, report, state, tag)
+        # A plain JSON answer: the non-streaming body, also when it answers an SSE request (the SDK does the same).
+        raw = await _read_capped(resp, JSON_BODY_MAX)
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            raise BrokenStream(f"DashScope answered {ctype or 'no content type'} that is not JSON") from None
+        if not isinstance(obj, dict):
+            raise BrokenStream("DashScope answered JSON that is not an object")
+        return await self._whole_body(obj, sink, tag, resp.status)
+
+    def _classified(
+        self, body: ErrorBody, tag: str, *, retry_after: float | None = None, where: str = ""
+    ) -> ServiceError:
+        body = replace(body, message=self._scrub(body.message))
+        log.warning(
+            "fun-music %s error %s request_id=%s status=%s: %s",
+            tag,
+            body.code,
+            body.request_id,
+            body.status,
+            body.message,
+        )
+        return classify(body, retry_after=retry_after, where=where)
+
+    async def _whole_body(self, obj: dict[str, Any], sink: _AudioSink, tag: str, status: int) -> _Final:
+        """A non-streaming answer: an error, or a finished song whose audio is (normally) at its url."""
+        if "output" not in obj and obj.get("code"):
+            raise self._classified(body_from_json(obj, status), tag, where="body")
+        output = _as_dict(obj.get("output"))
+        final = _final_from(obj, None)
+        data = _as_dict(output.get("audio")).get("data")
+        if isinstance(data, str) and data:
+            await asyncio.to_thread(sink.write_stream_payloads, [data], final.request_id)
+        if not sink.bytes_written and not final.url:
+            raise BrokenStream("DashScope finished without audio or a url", request_id=final.request_id)
+        log.info("fun-music %s request_id=%s finished (non-streaming)", tag, final.request_id)
+        return final
+
+    async def _read_stream(
+        self, resp: aiohttp.ClientResponse, sink: _AudioSink, report: _Reporter, state: _StreamState, tag: str
+    ) -> _Final:
+        parser = SSEParser()
+        async for chunk in resp.content.iter_any():
+            final = await self._events(parser.feed(chunk), sink, report, state, tag)
+            if final is not None:
+                return final
+        final = await self._events(parser.close(), sink, report, state, tag)
+        if final is not None:
+            return final
+        raise BrokenStream(
+            f'the stream closed after {state.events} events without finish_reason "stop"',
+            request_id=state.request_id,
+            audio_delivered=sink.bytes_written > 0,
+        )
+
+    async def _events(
+        self, events: list[SSEEvent], sink: _AudioSink, report: _Reporter, state: _StreamState, tag: str
+    ) -> _Final | None:
+        """Handle one read's events in order; audio is decoded and written in one thread hop per read."""
+        payloads: list[str] = []
+        final: _Final | None = None
+        try:
+            for event in events:
+                state.events += 1
+                if event.event == "error":
+                    await self._flush(payloads, sink, report, state)
+                    raise self._stream_error(event, state, tag)
+                if event.event is not None and event.event not in RESULT_EVENTS:
+                    log.debug("fun-music %s ignoring event %r", tag, event.event)
+                    continue
+                if not event.data.strip():
+                    continue
+                obj = self._event_json(event, state)
+                if "output" not in obj and obj.get("code"):
+                    await self._flush(payloads, sink, report, state)
+                    raise self._classified(body_from_json(obj, event.http_status), tag, where="stream")
+                output = _as_dict(obj.get("output"))
+                if state.request_id is None and obj.get("request_id"):
+                    state.request_id = str(obj["request_id"])
+                    log.info("fun-music %s request_id=%s streaming", tag, state.request_id)
+                data = _as_dict(output.get("audio")).get("data")
+                if isinstance(data, str) and data:
+                    payloads.append(data)
+                if _is_stop(output):
+                    final = _final_from(obj, state.request_id)
+                    break
+            await self._flush(payloads, sink, report, state)
+        except ServiceError as exc:
+            if exc.request_id is None:
+                exc.request_id = state.request_id
+            raise
+        return final
+
+    def _event_json(self, event: SSEEvent, state: _StreamState) -> dict[str, Any]:
+        try:
+            obj = json.loads(event.data)
+        except ValueError:
+            raise BrokenStream(
+                f"event {event.id or state.events} carries data that is not JSON", request_id=state.request_id
+            ) from None
+        if not isinstance(obj, dict):
+            raise BrokenStream(f"event {event.id or state.events} carries JSON that is not an object")
+        return obj
+
+    def _stream_error(self, event: SSEEvent, state: _StreamState, tag: str) -> ServiceError:
+        body = parse_error_body(event.data, event.http_status)
+        if body.request_id is None:
+            body = replace(body, request_id=state.request_id)
+        return self._classified(body, tag, where="mid-stream")
+
+    async def _flush(self, payloads: list[str], sink: _AudioSink, report: _Reporter, state: _StreamState) -> None:
+        if not payloads:
+            return
+        batch = list(payloads)
+        payloads.clear()
+        await asyncio.to_thread(sink.write_stream_payloads, batch, state.request_id)
+        await report("generating", sink.bytes_written, sink.seconds())
+
+    # ------------------------------------------------------------------------------------------- download
+
+    def check_download_url(self, url: str) -> URL:
+        """The url, if it may be fetched: http(s) on DashScope's OSS, the API's own host, or an allowed extra."""
+        try:
+            parsed = URL(url)
+        except (ValueError, TypeError):
+            raise DownloadError("the audio url is not a valid URL") from None
+        host = (parsed.host or "").lower().rstrip(".")
+        if parsed.scheme not in ("http", "https") or not host:
+            raise DownloadError(f"refusing to download from a non-http(s) url ({parsed.scheme or 'no scheme'})")
+        if not (host.endswith(OSS_HOST_SUFFIX) or host in self.allowed_hosts):
+            raise DownloadError(f"refusing to download audio from {host}: not a DashScope host")
+        return parsed
+
+    async def _download_with_retries(self, final: _Final, sink: _AudioSink, report: _Reporter, tag: str) -> None:
+        if not final.url:
+            raise BrokenStream("DashScope finished without audio or a url", request_id=final.request_id)
+        url = final.url
+
+        async def once() -> None:
+            await self._download(url, sink, report, tag)
+
+        try:
+            await self._retrying("download", tag, report, once)
+        except DownloadError as exc:
+            exc.request_id = exc.request_id or final.request_id
+            exc.retryable = False  # our own retries are spent; a caller must not pay for a new song for this
+            raise
+
+    async def _download(self, url: str, sink: _AudioSink, report: _Reporter, tag: str) -> None:
+        current = self.check_download_url(url)
+        for _hop in range(MAX_REDIRECTS + 1):
+            await report("downloading")
+            try:
+                async with self._session.get(current, allow_redirects=False, timeout=self._timeout) as resp:
+                    if resp.status in REDIRECT_STATUSES:
+                        location = resp.headers.get("Location")
+                        if not location:
+                            raise DownloadError(f"redirect {resp.status} without a Location", status=resp.status)
+                        current = self.check_download_url(str(current.join(URL(location))))
+                        continue
+                    await self._save_download(resp, sink, report, tag)
+                    return
+            except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+                raise DownloadError(f"downloading the audio timed out: {exc}", retryable=True) from None
+            except aiohttp.ClientError as exc:
+                raise DownloadError(
+                    f"downloading the audio failed: {type(exc).__name__}: {exc}", retryable=True
+                ) from None
+        raise DownloadError(f"more than {MAX_REDIRECTS} redirects while downloading the audio")
+
+    async def _save_download(self, resp: aiohttp.ClientResponse, sink: _AudioSink, report: _Reporter, tag: str) -> None:
+        if resp.status != 200:
+            retryable = resp.status >= 500 or resp.status in (408, 429)
+            raise DownloadError(f"the audio url answered HTTP {resp.status}", status=resp.status, retryable=retryable)
+        cap = self.download_max_bytes
+        if resp.content_length is not None and resp.content_length > cap:
+            raise DownloadError(f"the audio is {resp.content_length} bytes, over the {cap}-byte limit")
+        await asyncio.to_thread(sink.reset)
+        async for chunk in resp.content.iter_chunked(DOWNLOAD_CHUNK):
+            if sink.bytes_written + len(chunk) > cap:
+                raise DownloadError(f"the audio is over the {cap}-byte limit")
+            await asyncio.to_thread(sink.write_raw, chunk)
+            await report("downloading", sink.bytes_written, sink.seconds())
+        if resp.content_length is not None and sink.bytes_written != resp.content_length:
+            raise DownloadError("the audio download ended early", retryable=True)
+        log.info("fun-music %s downloaded %d bytes from %s", tag, sink.bytes_written, resp.url.host)
+
+
+@dataclass
+class _StreamState:
+    request_id: str | None = None
+    events: int = 0
+
+
+def _error_body(raw: bytes, status: int, *, is_sse: bool) -> ErrorBody:
+    """An HTTP error's body: JSON, or (as DashScope sometimes sends) an SSE ``event:error`` block."""
+    if is_sse:
+        parser = SSEParser()
+        for event in parser.feed(raw) + parser.close():
+            if event.data.strip():
+                return parse_error_body(event.data, event.http_status or status)
+    return parse_error_body(raw, status)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, but no more than ``limit`` bytes of it (an error page cannot fill memory)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
+
+
+__all__ = ["GENERATION_PATH", "FunMusicClient", "mp3_bitrate", "wav_byte_rate"]
