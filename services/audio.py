@@ -39,7 +39,7 @@ from typing import Any, BinaryIO, Literal
 
 from services.errors import CannotFit
 from services.ffmpeg import FfmpegError, ffmpeg_exe, run_ffmpeg
-from services.wav import fix_sizes
+from services.wav import find_data_chunk, fix_sizes
 
 with warnings.catch_warnings():
     # pydub looks for ffmpeg on PATH at import and warns when it is not there; we set the converter ourselves.
@@ -279,8 +279,8 @@ def _decode(src: Path, fmt: str) -> Any:
         if fmt == "wav":
             buf = bytearray(src.read_bytes())
             decoder, pydub_reads_it = _wav_decoder(buf)
-            # a streamed WAV can carry placeholder sizes; pydub would read 0 frames or run past the end
-            fix_sizes(buf, len(buf))
+            if _wav_sizes_are_placeholders(buf):
+                fix_sizes(buf, len(buf))
             container = "wav" if pydub_reads_it else None
             return segment_cls.from_file(io.BytesIO(buf), format=container, codec=decoder)
         return segment_cls.from_file(str(src), format=fmt, codec=_DECODERS[fmt])
@@ -288,6 +288,18 @@ def _decode(src: Path, fmt: str) -> Any:
         raise FfmpegError(f"{fmt} did not decode: {_tail(exc)}") from None
     except ValueError as exc:
         raise FfmpegError(f"{fmt} did not decode: {exc}") from None
+
+
+def _wav_sizes_are_placeholders(buf: bytes | bytearray) -> bool:
+    """A streamed WAV's data size (0 or 0xFFFFFFFF, or past the end); pydub would read no frames or too few.
+
+    A plausible size is left alone: chunks may follow the data (a LIST at the end), and they are not audio.
+    """
+    data_at = find_data_chunk(buf)
+    if data_at is None:
+        return False
+    (size,) = struct.unpack_from("<I", buf, data_at + 4)
+    return size in (0, 0xFFFFFFFF) or data_at + 8 + size > len(buf)
 
 
 def _wav_decoder(buf: bytes | bytearray) -> tuple[str, bool]:
