@@ -102,7 +102,8 @@ class Database:
         path = sqlite_path(url)
         if path is not None:
             await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-        return cls(create_engine(url, search_path=search_path))
+        # Off the loop: building a SQLite engine resolves the file's absolute path (a file-system call).
+        return cls(await asyncio.to_thread(create_engine, url, search_path=search_path))
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

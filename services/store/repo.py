@@ -199,6 +199,9 @@ class Tx:
         return None if row is None else _job(row)
 
     async def transition(self, job_id: int, status: JobStatus, fields: JobUpdate) -> JobRecord:
+        unknown = set(fields) - set(JobUpdate.__annotations__)
+        if unknown:
+            raise TypeError(f"transition() got fields it cannot set: {', '.join(sorted(unknown))}")
         current = await self.job(job_id)
         if current is None:
             raise JobStateError(f"job {job_id} does not exist", job_id=job_id, status=None)
@@ -212,9 +215,6 @@ class Tx:
             raise JobStateError(
                 f"job {job_id} is {current.status}; it cannot go back to {status}", job_id=job_id, status=current.status
             )
-        unknown = set(fields) - set(JobUpdate.__annotations__)
-        if unknown:
-            raise TypeError(f"transition() got fields it cannot set: {', '.join(sorted(unknown))}")
         now = self.clock.now()
         values: dict[str, object] = {**fields, "status": status.value, "updated_at": now}
         if status.terminal:
