@@ -13,7 +13,7 @@ import pytest
 from services import audio
 from services.audio import FitResult, Tags, fit, ladder_for, slugify, transcode, waveform_png
 from services.errors import CannotFit
-from services.ffmpeg import AudioInfo, FfmpegError, probe_audio, render_test_audio, run_ffmpeg
+from services.ffmpeg import AudioInfo, FfmpegError, ffmpeg_exe, probe_audio, render_test_audio, run_ffmpeg
 
 TAGS = Tags(
     title="Señor Café ☕ 夜曲",
@@ -300,6 +300,7 @@ async def test_impossible_limit_cannot_fit_and_leaves_nothing(sources: Sources, 
 async def test_fit_trusts_real_sizes_over_guesses(tmp_path: Path) -> None:
     """Silence in Opus is about 1 KB at any bitrate; a guess of duration * bitrate would call 5 KB impossible."""
     src = tmp_path / "silence.wav"
+    await asyncio.to_thread(ffmpeg_exe)  # run_ffmpeg looks ffmpeg up on the loop the first time
     await run_ffmpeg("-loglevel", "error", "-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo", "-t", "4", str(src))
     result = await fit(src, "wav", "ogg", 5000, tags=Tags(title="quiet"), out_dir=tmp_path / "out")
     assert result.format == "ogg" and result.size <= 5000
