@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.ffmpeg import render_test_audio
+from services.ffmpeg import ffmpeg_exe, render_test_audio
 from services.funmusic.request import FORMATS, GENDERS, MODEL_PREVIEW, MODELS
 from services.settings import Secret, Settings
 from services.wav import find_data_chunk
@@ -112,6 +112,7 @@ async def cached_audio(duration_s: float, sample_rate: int, channels: int, fmt: 
     key = (round(duration_s, 3), sample_rate, channels, fmt)
     audio = _AUDIO_CACHE.get(key)
     if audio is None:
+        await asyncio.to_thread(ffmpeg_exe)  # the first lookup searches PATH (blocking); later calls are cached
         audio = await render_test_audio(duration_s, sample_rate=sample_rate, channels=channels, fmt=fmt)
         _AUDIO_CACHE[key] = audio
         while len(_AUDIO_CACHE) > _AUDIO_CACHE_SIZE:

@@ -1,8 +1,11 @@
 """Shared fixtures: a running Fun-Music simulator, an HTTP session, and a client pointed at the simulator.
 
-Use them from any test module::
+Use them from any test module by assigning them at module level (importing the names would make ruff's F811
+flag every test whose arguments are named after them)::
 
-    from tests.sim_fixtures import client, http_session, simulator  # noqa: F401  (pytest fixtures)
+    from tests import sim_fixtures
+
+    simulator, http_session, client = sim_fixtures.simulator, sim_fixtures.http_session, sim_fixtures.client
 
 or, outside fixtures, ``async with running_simulator(Scenario(...)) as sim: ...``.
 """

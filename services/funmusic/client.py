@@ -48,7 +48,7 @@ from services.errors import (
     ServiceTimeout,
     SongbotError,
 )
-from services.ffmpeg import FfmpegError, probe_audio
+from services.ffmpeg import FfmpegError, ffmpeg_exe, probe_audio
 from services.funmusic.errors_map import body_from_json, classify, parse_error_body, parse_retry_after
 from services.funmusic.limiter import RateLimiter
 from services.funmusic.request import GenerationRequest, GenerationResult, Mode, Progress, ProgressCallback
@@ -421,6 +421,7 @@ class FunMusicClient:
         """Repair a streamed WAV's sizes, measure the file by decoding it, and give it its final name."""
         if sink.head[:4] == b"RIFF":
             await asyncio.to_thread(repair_wav_file, sink.path)
+        await asyncio.to_thread(ffmpeg_exe)  # the first lookup searches PATH (blocking); later calls are cached
         try:
             info = await probe_audio(sink.path)
         except FfmpegError as exc:
@@ -660,6 +661,8 @@ class FunMusicClient:
         except ServiceError as exc:
             if exc.request_id is None:
                 exc.request_id = state.request_id
+            if payloads or sink.bytes_written:
+                exc.audio_delivered = True
             raise
         return final
 
