@@ -7,11 +7,14 @@ name is a bug or a typo, never silently stored: :func:`validate_setting` refuses
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 from services.errors import InvalidInput
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["bool", "int", "choice", "ids"]
 
@@ -235,9 +238,10 @@ def from_overrides(overrides: Mapping[str, object]) -> GuildSettings:
     valid: dict[str, Any] = {}
     for name, value in overrides.items():
         if name not in SPECS:
+            log.warning("ignoring stored setting %r: songbot no longer has it", name)
             continue
         try:
             valid[name] = validate_setting(name, value)
-        except InvalidInput:
-            continue
+        except InvalidInput as exc:
+            log.warning("ignoring stored value of %s, using the default: %s", name, exc)
     return replace(DEFAULTS, **valid)

@@ -346,3 +346,12 @@ async def test_times_come_back_in_utc(store: Store, clock: FakeClock) -> None:
     clock.set(datetime(2026, 3, 1, 23, 59, 59, 250000, tzinfo=UTC))
     job = await store.get_job(await _job(store))
     assert job is not None and job.created_at == clock.now() and job.created_at.tzinfo is UTC
+
+
+def test_stored_values_that_no_longer_validate_fall_back_to_defaults(caplog: pytest.LogCaptureFixture) -> None:
+    from services.guild_settings import from_overrides
+
+    settings = from_overrides({"cooldown": 999999, "colour": "red", "watermark": "never"})
+    assert settings == GuildSettings(watermark="never")
+    assert "cooldown must be between 0 and 86400" in caplog.text
+    assert "'colour'" in caplog.text
