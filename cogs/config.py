@@ -205,7 +205,7 @@ class ConfigCog(commands.Cog):
         embed = discord.Embed(title="/song usage today (UTC)", colour=discord.Colour.blurple())
         embed.add_field(
             name="You",
-            value=f"{mine.songs_used} song(s), {format_duration(mine.seconds_used)} of music; "
+            value=f"{mine.songs_used} of {mine.songs_limit} song(s), {format_duration(mine.seconds_used)} of music; "
             f"{mine.songs_left} song(s) left today.",
             inline=False,
         )
@@ -214,16 +214,18 @@ class ConfigCog(commands.Cog):
             embed.add_field(
                 name="This server",
                 value=f"{server.songs_used}/{server.songs_limit} songs, "
-                f"{server.seconds_used / 60:.1f}/{server.minutes_limit} minutes.",
+                f"{server.seconds_used / 60:.1f}/{server.seconds_limit / 60:.0f} minutes of music.",
                 inline=False,
             )
-            if server.top_members:
+            if server.top:
                 top = "\n".join(
-                    f"<@{user_id}>: {songs} song(s), {format_duration(seconds)}"
-                    for user_id, songs, seconds in server.top_members[:10]
+                    f"{f'<@{row.user_id}>' if row.user_id else '(deleted member)'}: {row.songs} song(s), "
+                    f"{format_duration(row.seconds)}"
+                    for row in server.top
                 )
                 embed.add_field(name="Top members", value=top, inline=False)
         embed.set_footer(text="Quotas reset at 00:00 UTC.")
+        embed.add_field(name="Resets", value=relative(mine.resets_at.timestamp()), inline=False)
         await self._reply(interaction, embed=embed)
 
     # --- /songhistory --------------------------------------------------------------------------------------------
@@ -233,16 +235,17 @@ class ConfigCog(commands.Cog):
         if not jobs:
             await self._reply(interaction, "You have no songs yet. Make one with /song!")
             return
-        now = self.services.clock.now().timestamp()
+        now = self.services.clock.now()
         lines = []
         for job in jobs:
-            title = clip(str((job.input or {}).get("title") or "song"), 60)
-            line = f"**{discord.utils.escape_markdown(title)}** · {job.status}"
-            if job.message_id and job.channel_id:
-                guild = job.guild_id or "@me"
-                line += f" · [message](https://discord.com/channels/{guild}/{job.channel_id}/{job.message_id})"
-            if job.url and job.url_expires_at and job.url_expires_at > now:
-                line += f" · [download]({job.url}) (expires {relative(job.url_expires_at)})"
+            title = clip(str(job.options.get("title") or job.prompt or "song"), 60)
+            line = f"**{discord.utils.escape_markdown(title)}** · {job.status} · {relative(job.created_at.timestamp())}"
+            jump = job.jump_url()
+            if jump:
+                line += f" · [message]({jump})"
+            url = job.url_if_valid(now)
+            if url and job.url_expires_at:
+                line += f" · [download]({url}) (expires {relative(job.url_expires_at.timestamp())})"
             lines.append(line)
         embed = discord.Embed(title="Your recent songs", description="\n".join(lines), colour=discord.Colour.blurple())
         await self._reply(interaction, embed=embed)

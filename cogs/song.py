@@ -339,7 +339,9 @@ class SongCog(commands.Cog):
         try:
             admission = await services.policy.admit(
                 ctx,
-                job_input={**options.to_json(), "want_format": want_format, "title": title_for(options)},
+                prompt=options.prompt,
+                lyrics=options.lyrics,
+                options={**options.to_json(), "want_format": want_format, "title": title_for(options)},
                 queue_has_room=services.jobs.queue_has_room,
             )
         except PolicyRefusal as refusal:
@@ -403,10 +405,10 @@ class SongCog(commands.Cog):
 
     async def regenerate_clicked(self, interaction: discord.Interaction, job_id: int) -> None:
         job = await self.services.store.get_job(job_id)
-        if job is None or not job.input:
+        if job is None or not (job.prompt or job.lyrics):
             await self._refuse(interaction, "This song's request was deleted, so it can't be made again.")
             return
-        options = SongOptions.from_json(dict(job.input))
+        options = replace(SongOptions.from_json(dict(job.options)), prompt=job.prompt, lyrics=job.lyrics)
         await self.start_song(interaction, options)
 
     # --- errors --------------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import shutil
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.audio import FitResult, Tags, fit, waveform_png
 from services.errors import CannotFit, ServiceError, SongbotError
@@ -46,13 +47,13 @@ class Generator(Protocol):
 
 
 class JobStore(Protocol):
-    async def transition(self, job_id: int, status: str, **fields: object) -> None: ...
+    async def transition(self, job_id: int, status: str, **fields: Any) -> object: ...
 
 
 class Ledger(Protocol):
-    async def settle(self, job_id: int, actual_seconds: int) -> None: ...
+    async def settle(self, job_id: int, actual_seconds: float) -> object: ...
 
-    async def refund(self, job_id: int) -> None: ...
+    async def refund(self, job_id: int) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,7 @@ class JobManager:
             request_id=result.request_id,
             duration_s=result.duration_s,
             url=result.url,
-            url_expires_at=result.url_expires_at,
+            url_expires_at=datetime.fromtimestamp(result.url_expires_at, UTC) if result.url_expires_at else None,
         )
         await entry.observer.stage("processing", None)
         return await prepare_song(spec, result, job_dir)
