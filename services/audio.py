@@ -154,7 +154,8 @@ async def fit(
     transcode, walking the bitrate ladder down until the real size fits. mp3 never goes above the source's
     own bitrate when the source is mp3 (likewise ogg from ogg). A WAV that does not fit falls back to mp3 (the
     original mp3 if the source is one and fits). Raises :class:`CannotFit` when even the lowest rung is too
-    large. The source is decoded at most once.
+    large. The source is decoded at most once, and never modified. Give each job its own ``out_dir``: the
+    file name comes from the title, so two jobs with one title would overwrite each other's file.
     """
     _check_format(src_format)
     _check_format(want_format)
@@ -164,7 +165,7 @@ async def fit(
     src_size = await asyncio.to_thread(_file_size, src)
     if src_format == want_format and src_size <= max_bytes:
         dst = await asyncio.to_thread(_output_path, out_dir, tags.title, src_format, src)
-        return await _keep_async(src, src_format, src_size, dst, max_bytes, tags)
+        return await _keep_async(src, src_format, dst, max_bytes, tags)
     job = functools.partial(_fit_sync, src, src_format, src_size, want_format, max_bytes, tags, out_dir)
     return await asyncio.to_thread(job)
 
@@ -459,7 +460,7 @@ def _copy_file(src: Path, dst: Path) -> int:
 # ---- fit
 
 
-async def _keep_async(src: Path, fmt: str, src_size: int, dst: Path, max_bytes: int, tags: Tags) -> FitResult:
+async def _keep_async(src: Path, fmt: str, dst: Path, max_bytes: int, tags: Tags) -> FitResult:
     """The original audio, re-tagged without re-encoding (or copied untouched if the new tags don't fit)."""
     size: int | None = None
     try:
