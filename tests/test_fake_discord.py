@@ -1,0 +1,411 @@
+"""The offline Discord against the real discord.py: a small `commands.Bot` started with `bot.start(token)`
+connects to the fake gateway, registers its commands over REST and answers interactions; the fake enforces
+Discord's rules and records what Discord would have received."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import discord
+import pytest
+from discord import app_commands, ui
+from discord.ext import commands
+
+from tests.fakes.discord import FakeDiscord, point_discord_py_at
+from tests.fakes.payloads import MODERATOR_PERMISSIONS, Perm, snowflake_seconds, time_snowflake
+
+TOKEN = "fake-bot-token-for-tests"
+PONG = bytes(range(256)) * 40
+
+
+class ProbeBot(commands.Bot):
+    """A minimal bot: each command reports how it ended in `outcomes[interaction id]`."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            guild_ready_timeout=0.1,
+        )
+        self.outcomes: dict[int, asyncio.Future[BaseException | None]] = {}
+        self.release = asyncio.Event()
+        self.caught: list[discord.HTTPException] = []
+
+    async def setup_hook(self) -> None:
+        for command in (ping, say, form, slow, progress, fetch, upload):
+            self.tree.add_command(command)
+        await self.tree.sync()
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """discord.py sleeps 5 s before a re-IDENTIFY (Discord's identify rate limit); not against the fake."""
+
+    def outcome(self, interaction_id: int) -> asyncio.Future[BaseException | None]:
+        return self.outcomes.setdefault(interaction_id, asyncio.get_running_loop().create_future())
+
+    async def ended(self, interaction_id: int) -> BaseException | None:
+        return await asyncio.wait_for(self.outcome(interaction_id), timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def report(interaction: discord.Interaction[ProbeBot]) -> AsyncIterator[None]:
+    future = interaction.client.outcome(interaction.id)
+    try:
+        yield
+    except Exception as error:  # the test asserts on it
+        if not future.done():
+            future.set_result(error)
+    else:
+        if not future.done():
+            future.set_result(None)
+
+
+@app_commands.command(name="ping", description="Defer, then edit the original with a file")
+async def ping(interaction: discord.Interaction[ProbeBot]) -> None:
+    async with report(interaction):
+        await interaction.response.defer(thinking=True)
+        await asyncio.sleep(0)
+        file = discord.File(io.BytesIO(PONG), filename="pong.bin")
+        await interaction.edit_original_response(content="pong", attachments=[file])
+
+
+@app_commands.command(name="say", description="Answer with the given text")
+async def say(interaction: discord.Interaction[ProbeBot], text: str) -> None:
+    async with report(interaction):
+        await interaction.response.send_message(text, allowed_mentions=discord.AllowedMentions.none())
+
+
+class EchoModal(ui.Modal, title="Echo"):
+    prompt: ui.Label[EchoModal] = ui.Label(text="Style / prompt", component=ui.TextInput(custom_id="echo:prompt"))
+    lyrics: ui.Label[EchoModal] = ui.Label(
+        text="Lyrics",
+        component=ui.TextInput(custom_id="echo:lyrics", style=discord.TextStyle.paragraph, required=False),
+    )
+
+    async def on_submit(self, interaction: discord.Interaction[ProbeBot]) -> None:  # type: ignore[override]
+        async with report(interaction):
+            assert isinstance(self.prompt.component, ui.TextInput)
+            assert isinstance(self.lyrics.component, ui.TextInput)
+            text = f"prompt={self.prompt.component.value!r} lyrics={self.lyrics.component.value!r}"
+            await interaction.response.send_message(text, ephemeral=True)
+
+
+@app_commands.command(name="form", description="Answer with a modal")
+async def form(interaction: discord.Interaction[ProbeBot]) -> None:
+    async with report(interaction):
+        await interaction.response.send_modal(EchoModal())
+
+
+@app_commands.command(name="slow", description="Defer, wait to be released, then edit (or post in the channel)")
+async def slow(interaction: discord.Interaction[ProbeBot]) -> None:
+    async with report(interaction):
+        await interaction.response.defer(thinking=True)
+        await interaction.client.release.wait()
+        try:
+            await interaction.edit_original_response(content="done")
+        except discord.HTTPException as error:
+            interaction.client.caught.append(error)
+            assert interaction.channel is not None and not isinstance(interaction.channel, discord.ForumChannel)
+            await interaction.channel.send(f"{interaction.user.mention} done (late)")  # type: ignore[union-attr]
+
+
+@app_commands.command(name="progress", description="Defer, then edit the original several times")
+async def progress(interaction: discord.Interaction[ProbeBot], steps: int) -> None:
+    async with report(interaction):
+        await interaction.response.defer()
+        for step in range(1, steps + 1):
+            await interaction.edit_original_response(content=f"step {step}/{steps}")
+
+
+@app_commands.command(name="fetch", description="Read an attached file and answer with its size")
+async def fetch(interaction: discord.Interaction[ProbeBot], file: discord.Attachment) -> None:
+    async with report(interaction):
+        data = await file.read()
+        await interaction.response.send_message(f"{file.filename}: {len(data)} bytes, {data[:5]!r}")
+
+
+@app_commands.command(name="upload", description="Defer, then upload the given number of bytes")
+async def upload(interaction: discord.Interaction[ProbeBot], size: int, count: int = 1) -> None:
+    async with report(interaction):
+        await interaction.response.defer()
+        files = [discord.File(io.BytesIO(b"x" * size), filename=f"f{n}.mp3") for n in range(count)]
+        await interaction.edit_original_response(attachments=files)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord(token=TOKEN, heartbeat_interval=0.5) as server:
+        yield server
+
+
+@pytest.fixture
+async def bot(fake: FakeDiscord) -> AsyncIterator[ProbeBot]:
+    with point_discord_py_at(fake):
+        probe = ProbeBot()
+        task = asyncio.create_task(probe.start(TOKEN))
+        ready = asyncio.create_task(probe.wait_until_ready())
+        done, _ = await asyncio.wait({task, ready}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        if ready not in done:
+            ready.cancel()
+            await probe.close()
+            await task
+            pytest.fail("the bot never became ready against the fake")
+        try:
+            yield probe
+        finally:
+            await probe.close()
+            await task
+
+
+# --- login, gateway, commands ------------------------------------------------------------------------------------
+
+
+async def test_bot_logs_in_identifies_and_syncs(fake: FakeDiscord, bot: ProbeBot) -> None:
+    me = fake.find_requests("GET", "^/users/@me$")[0]
+    assert me.auth == "Bot" and "Authorization" not in me.headers
+    assert fake.find_requests("GET", "^/oauth2/applications/@me$")[0].status == 200
+    assert bot.application_id == fake.application_id
+    assert bot.user is not None and bot.user.id == fake.bot_user.id
+
+    guild = bot.get_guild(fake.guild.id)
+    assert guild is not None and guild.name == fake.guild.name
+    channel = guild.get_channel(fake.channel.id)
+    assert isinstance(channel, discord.TextChannel)
+    assert channel.permissions_for(guild.me).attach_files
+
+    assert fake.gateway.identify_count == 1
+    identify = next(d for c in fake.gateway.connections for op, d in c.received if op == 2)
+    assert "token" not in identify and identify["intents"] == discord.Intents.default().value
+    await fake.wait_until(lambda: fake.gateway.connections[0].heartbeats >= 1)
+
+    assert len(fake.command_syncs) == 1
+    assert {c["name"] for c in fake.commands()} == {"ping", "say", "form", "slow", "progress", "fetch", "upload"}
+    assert all(c["id"] and c["application_id"] == str(fake.application_id) for c in fake.commands())
+
+
+async def test_wrong_token_is_refused(fake: FakeDiscord) -> None:
+    with point_discord_py_at(fake):
+        probe = ProbeBot()
+        with pytest.raises(discord.LoginFailure):
+            await probe.login("not-the-token")
+        await probe.close()
+
+
+# --- the interaction life cycle ---------------------------------------------------------------------------------
+
+
+async def test_defer_then_edit_with_a_file(fake: FakeDiscord, bot: ProbeBot) -> None:
+    record = await fake.send_interaction(fake.slash("ping"))
+    assert await bot.ended(record.id) is None
+
+    callback = fake.callback(record.id)
+    assert callback is not None and callback.type == 5 and callback.age < fake.rules.callback_deadline
+    [post] = fake.find_requests("POST", "/callback$")
+    assert post.query == {"with_response": "1"} and post.auth is None
+
+    [patch] = fake.find_requests("PATCH", "/messages/@original$")
+    assert patch.headers["Content-Type"].startswith("multipart/form-data")
+    assert patch.json["attachments"] == [{"id": 0, "filename": "pong.bin"}]
+    [part] = patch.files
+    assert (part.field, part.filename, part.data) == ("files[0]", "pong.bin", PONG)
+
+    original = fake.original(record.id)
+    assert original is not None and not original.loading and original.content == "pong"
+    assert original.attachment("pong.bin").data == PONG
+    assert [edit.content for edit in fake.edits(record.id)] == ["pong"]
+    assert original.history[0].loading
+
+    async with aiohttp.ClientSession() as session, session.get(original.attachment("pong.bin").url) as response:
+        assert await response.read() == PONG
+
+
+async def test_modal_round_trip_in_both_forms(fake: FakeDiscord, bot: ProbeBot) -> None:
+    record = await fake.send_interaction(fake.slash("form"))
+    callback = await fake.wait_for_callback(record.id)
+    assert callback.type == 9 and callback.data["title"] == "Echo"
+    assert [c["type"] for c in callback.data["components"]] == [18, 18]
+
+    submitted = await fake.send_interaction(fake.submit_modal(record.id, {"Style / prompt": "sea shanty"}))
+    assert await bot.ended(submitted.id) is None
+    answer = fake.original(submitted.id)
+    assert answer is not None and answer.ephemeral
+    assert answer.content == "prompt='sea shanty' lyrics=''"
+
+    again = await fake.send_interaction(fake.slash("form"))  # a submitted modal is done: open a new one
+    modal = (await fake.wait_for_callback(again.id)).data
+    row_form = fake.modal_submit(modal["custom_id"], {"echo:prompt": "jazz", "echo:lyrics": "[verse]\nla"}, form="row")
+    by_row = await fake.send_interaction(row_form)
+    assert await bot.ended(by_row.id) is None
+    answer = fake.original(by_row.id)
+    assert answer is not None and answer.content == "prompt='jazz' lyrics='[verse]\\nla'"
+    assert answer not in fake.channel_messages(fake.channel)
+    assert answer in fake.channel_messages(fake.channel, visible_to=fake.user)
+
+
+async def test_attachment_option_is_downloadable(fake: FakeDiscord, bot: ProbeBot) -> None:
+    lyrics = fake.upload("lyrics.txt", b"[verse]\nhello", "text/plain; charset=utf-8")
+    record = await fake.send_interaction(fake.slash("fetch", {"file": lyrics}))
+    assert await bot.ended(record.id) is None
+    original = fake.original(record.id)
+    assert original is not None and original.content == "lyrics.txt: 13 bytes, b'[vers'"
+
+
+async def test_mentions_follow_allowed_mentions(fake: FakeDiscord, bot: ProbeBot) -> None:
+    role = fake.guild.everyone
+    text = f"@everyone {fake.user.mention} <@&{role.id}>"
+    record = await fake.send_interaction(fake.slash("say", {"text": text}))
+    assert await bot.ended(record.id) is None
+    original = fake.original(record.id)
+    assert original is not None and original.content == text
+    assert not original.pings().anyone
+
+
+# --- Discord's rules ----------------------------------------------------------------------------------------------
+
+
+async def test_late_callback_is_unknown_interaction(fake: FakeDiscord, bot: ProbeBot) -> None:
+    past = datetime.now(UTC) - timedelta(seconds=10)
+    record = await fake.send_interaction(fake.slash("ping", created_at=past))
+    error = await bot.ended(record.id)
+    assert isinstance(error, discord.NotFound) and error.code == 10062
+    assert fake.callback(record.id) is None and fake.original(record.id) is None
+
+
+async def test_second_callback_is_already_acknowledged(fake: FakeDiscord, bot: ProbeBot) -> None:
+    payload = fake.slash("say", {"text": "once"})
+    first = await fake.send_interaction(payload)
+    assert await bot.ended(first.id) is None
+    bot.outcomes.pop(first.id)
+    await fake.send_interaction(payload)  # delivered again, as after a replay
+    error = await bot.ended(first.id)
+    assert isinstance(error, discord.HTTPException) and error.status == 400 and error.code == 40060
+
+
+async def test_expired_token_then_channel_fallback(fake: FakeDiscord, bot: ProbeBot) -> None:
+    record = await fake.send_interaction(fake.slash("slow"))
+    await fake.wait_for_callback(record.id)
+    fake.expire_token(record.id)
+    bot.release.set()
+    assert await bot.ended(record.id) is None
+    [error] = bot.caught
+    assert error.status == 401 and error.code == 50027
+    [late] = fake.channel_messages(fake.channel)[-1:]
+    assert late.content == f"{fake.user.mention} done (late)" and late.author.id == fake.bot_user.id
+    [post] = fake.find_requests("POST", rf"^/channels/{fake.channel.id}/messages$")
+    assert post.auth == "Bot"
+
+
+async def test_channel_without_permission_is_forbidden(fake: FakeDiscord, bot: ProbeBot) -> None:
+    await fake.set_bot_permissions(fake.channel, Perm.VIEW_CHANNEL | Perm.READ_MESSAGE_HISTORY)
+    channel = bot.get_channel(fake.channel.id)
+    assert isinstance(channel, discord.TextChannel)
+    await fake.wait_until(lambda: not channel.permissions_for(channel.guild.me).send_messages)
+    with pytest.raises(discord.Forbidden) as raised:
+        await channel.send("hello")
+    assert raised.value.code == 50013
+    record = await fake.send_interaction(fake.slash("say", {"text": "still fine"}))
+    assert await bot.ended(record.id) is None  # interaction responses need no channel permission
+    assert record.payload["app_permissions"] == str(int(Perm.VIEW_CHANNEL | Perm.READ_MESSAGE_HISTORY))
+
+
+async def test_upload_over_the_interaction_limit_is_413(fake: FakeDiscord, bot: ProbeBot) -> None:
+    record = await fake.send_interaction(fake.slash("upload", {"size": 2048}, attachment_size_limit=1024))
+    error = await bot.ended(record.id)
+    assert isinstance(error, discord.HTTPException) and error.status == 413 and error.code == 40005
+    fits = await fake.send_interaction(fake.slash("upload", {"size": 1024}, attachment_size_limit=1024))
+    assert await bot.ended(fits.id) is None
+
+
+async def test_more_than_ten_attachments_is_30015(fake: FakeDiscord, bot: ProbeBot) -> None:
+    record = await fake.send_interaction(fake.slash("upload", {"size": 10, "count": 11}))
+    error = await bot.ended(record.id)
+    assert isinstance(error, discord.HTTPException) and error.code == 30015
+
+
+async def test_content_over_2000_is_invalid_form_body(fake: FakeDiscord, bot: ProbeBot) -> None:
+    record = await fake.send_interaction(fake.slash("say", {"text": "x" * 2001}))
+    error = await bot.ended(record.id)
+    assert isinstance(error, discord.HTTPException) and error.status == 400 and error.code == 50035
+    assert "content" in error.text and fake.callback(record.id) is None
+
+
+async def test_rate_limited_edit_is_waited_out(fake: FakeDiscord, bot: ProbeBot) -> None:
+    fake.fail_next("PATCH", "/messages/@original$", 429, retry_after=0.05)
+    record = await fake.send_interaction(fake.slash("ping"))
+    assert await bot.ended(record.id) is None
+    first, second = fake.find_requests("PATCH", "/messages/@original$")
+    assert (first.status, second.status) == (429, 200)
+    assert second.at - first.at >= 0.05
+    original = fake.original(record.id)
+    assert original is not None and original.attachment("pong.bin").data == PONG
+
+
+async def test_429_without_via_raises(fake: FakeDiscord, bot: ProbeBot) -> None:
+    fake.fail_next("PATCH", "/messages/@original$", 429, retry_after=0.05, via=False)
+    record = await fake.send_interaction(fake.slash("ping"))
+    error = await bot.ended(record.id)
+    assert isinstance(error, discord.HTTPException) and error.status == 429
+
+
+async def test_edit_bucket_slows_the_client(fake: FakeDiscord, bot: ProbeBot) -> None:
+    bucket = fake.limit_bucket("PATCH", "/messages/@original$", limit=2, per=0.2, announce=False)
+    record = await fake.send_interaction(fake.slash("progress", {"steps": 4}))
+    assert await bot.ended(record.id) is None
+    assert bucket.limited >= 1
+    statuses = [r.status for r in fake.find_requests("PATCH", "/messages/@original$")]
+    assert statuses.count(200) == 4 and 429 in statuses
+    assert [edit.content for edit in fake.edits(record.id)] == [f"step {n}/4" for n in range(1, 5)]
+
+
+# --- gateway drops ------------------------------------------------------------------------------------------------
+
+
+async def test_resume_replays_what_was_missed(fake: FakeDiscord, bot: ProbeBot) -> None:
+    resumed = asyncio.Event()
+
+    async def on_resumed() -> None:
+        resumed.set()
+
+    bot.add_listener(on_resumed)
+    await fake.drop_gateway(resume=True)
+    record = await fake.send_interaction(fake.slash("ping"))  # sent while the bot is away
+    assert await bot.ended(record.id) is None
+    await asyncio.wait_for(resumed.wait(), timeout=5)
+    assert (fake.gateway.identify_count, fake.gateway.resume_count) == (1, 1)
+    assert fake.gateway.connections[-1].path == "/gateway-resume"
+
+    after = await fake.send_interaction(fake.slash("say", {"text": "after the resume"}))
+    assert await bot.ended(after.id) is None
+
+
+async def test_abrupt_drop_and_invalid_session_reidentify(fake: FakeDiscord, bot: ProbeBot) -> None:
+    await fake.drop_gateway(resume=False, abrupt=True)
+    await fake.wait_until(lambda: fake.gateway.identify_count == 2, what="a second IDENTIFY")
+    first, resumed, identified = fake.gateway.connections
+    assert first.close_code == 1006  # no close frame
+    assert [op for op, _ in resumed.received if op != 1] == [6]  # RESUME, answered with op 9
+    assert [op for op, _ in identified.received if op != 1] == [2]
+    record = await fake.send_interaction(fake.slash("say", {"text": "new session"}))
+    assert await bot.ended(record.id) is None
+
+
+# --- payload helpers ------------------------------------------------------------------------------------------------
+
+
+def test_snowflakes_match_discord_py(fake: FakeDiscord) -> None:
+    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert time_snowflake(moment) == discord.utils.time_snowflake(moment)
+    assert snowflake_seconds(time_snowflake(moment)) == moment.timestamp()
+    payload = fake.slash("admin quota set", {"user": fake.user, "limit": 3}, permissions=MODERATOR_PERMISSIONS)
+    [group] = payload["data"]["options"]
+    assert (group["type"], group["options"][0]["type"]) == (2, 1)
+    assert group["options"][0]["options"] == [
+        {"name": "user", "type": 6, "value": str(fake.user.id)},
+        {"name": "limit", "type": 4, "value": 3},
+    ]
+    assert payload["member"]["permissions"] == str(int(MODERATOR_PERMISSIONS))
+    assert payload["data"]["resolved"]["users"][str(fake.user.id)]["username"] == "member"
