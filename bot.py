@@ -75,13 +75,20 @@ class SongBot(commands.Bot):
     """The bot: owns the shared resources and the job manager's life."""
 
     def __init__(
-        self, settings: Settings, *, clock: Clock | None = None, force_sync: bool = False, sync_only: bool = False
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        force_sync: bool = False,
+        sync_only: bool = False,
+        **options: Any,
     ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=False),
             help_command=None,
+            **options,
         )
         self.settings = settings
         self.clock: Clock = clock or SystemClock()

@@ -62,6 +62,7 @@ class Settings:
     global_daily_seconds: int | None = None
     estimated_song_seconds: int = 200
     max_retries: int = 3
+    retry_backoff_s: float = 1.0
     connect_timeout_s: float = 10.0
     idle_timeout_s: float = 60.0
     total_deadline_s: float = 600.0
@@ -169,6 +170,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
         global_daily_seconds=_int(env, "SONGBOT_GLOBAL_DAILY_SECONDS", None, 0, 10_000_000),
         estimated_song_seconds=_int_required(_int(env, "SONGBOT_ESTIMATED_SONG_SECONDS", 200, 1, 3600)),
         max_retries=_int_required(_int(env, "SONGBOT_MAX_RETRIES", 3, 0, 10)),
+        retry_backoff_s=_float(env, "SONGBOT_RETRY_BACKOFF", 1.0, 0.001, 60.0),
         connect_timeout_s=_float(env, "SONGBOT_CONNECT_TIMEOUT", 10.0, 0.1, 300.0),
         idle_timeout_s=_float(env, "SONGBOT_IDLE_TIMEOUT", 60.0, 0.1, 3600.0),
         total_deadline_s=_float(env, "SONGBOT_TOTAL_DEADLINE", 600.0, 1.0, 7200.0),

@@ -1,0 +1,158 @@
+"""End-to-end harness: the real SongBot, started by its real start path (``bot.start``), against the offline
+Discord (tests/fakes) and the Fun-Music simulator, with a real SQLite file in tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import discord
+
+from bot import SongBot, point_at_discord
+from services.settings import Settings, load_settings
+from services.simulator import FunMusicSimulator, Scenario
+from tests.fakes.discord import FakeDiscord, point_discord_py_at
+from tests.sim_fixtures import SIM_KEY, running_simulator
+
+TOKEN = "MTA5ODc2NTQzMjEwOTg3NjU0.Gx1y2z.fake-discord-token-for-e2e-tests-0123456789"
+
+
+class LogCapture(logging.Handler):
+    """Every log line the bot writes during a test, after the bot's own redacting filter."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@dataclass
+class Harness:
+    bot: SongBot
+    fake: FakeDiscord
+    sim: FunMusicSimulator
+    settings: Settings
+    tmp_path: Path
+    logs: LogCapture
+    task: asyncio.Task[None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def store(self) -> Any:
+        return self.bot.services.store
+
+    async def song(self, options: Mapping[str, Any] | None = None, **kwargs: Any) -> int:
+        """Send `/song` and return the interaction id."""
+        payload = self.fake.slash("song", dict(options or {}), **kwargs)
+        await self.fake.send_interaction(payload)
+        return int(payload["id"])
+
+    async def command(self, name: str, options: Mapping[str, Any] | None = None, **kwargs: Any) -> int:
+        payload = self.fake.slash(name, dict(options or {}), **kwargs)
+        await self.fake.send_interaction(payload)
+        return int(payload["id"])
+
+    async def wait_job_status(self, job_id: int, *statuses: str, timeout: float = 20.0) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            job = await self.store.get_job(job_id)
+            if job is not None and job.status in statuses:
+                return job
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"job {job_id} is {job and job.status}, not {statuses}")
+            await asyncio.sleep(0.05)
+
+    async def wait_final(self, interaction_id: int, timeout: float = 20.0) -> Any:
+        """The original response once it holds a final answer (song, refusal, failure or cancel)."""
+
+        def final() -> bool:
+            message = self.fake.original(interaction_id)
+            if message is None or message.loading:
+                return False
+            text = message.content or ""
+            return bool(message.attachments or message.embeds) or text.startswith(("❌", "🛑"))
+
+        await self.fake.wait_until(final, timeout=timeout, what=f"final answer to {interaction_id}")
+        return self.fake.original(interaction_id)
+
+
+def e2e_env(sim: FunMusicSimulator, fake: FakeDiscord, tmp_path: Path, **overrides: str) -> dict[str, str]:
+    env = {
+        "DISCORD_TOKEN": TOKEN,
+        "DASHSCOPE_API_KEY": SIM_KEY,
+        "DASHSCOPE_BASE_URL": sim.base_url,
+        "DISCORD_API_BASE": fake.api_base,
+        "DISCORD_GATEWAY_URL": fake.gateway_url,
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'songbot.db'}",
+        "SONGBOT_DATA_DIR": str(tmp_path / "data"),
+        "LOG_LEVEL": "DEBUG",
+        "SONGBOT_MAX_RETRIES": "2",
+        "SONGBOT_RETRY_BACKOFF": "0.01",
+        "SONGBOT_IDLE_TIMEOUT": "5",
+        "SONGBOT_TOTAL_DEADLINE": "60",
+        "SONGBOT_ESTIMATED_SONG_SECONDS": "10",
+    }
+    env.update(overrides)
+    return env
+
+
+@contextlib.asynccontextmanager
+async def started_bot(
+    settings: Settings, fake: FakeDiscord, sim: FunMusicSimulator, tmp_path: Path, logs: LogCapture
+) -> AsyncIterator[Harness]:
+    bot = SongBot(settings, guild_ready_timeout=0.1)
+    harness = Harness(bot=bot, fake=fake, sim=sim, settings=settings, tmp_path=tmp_path, logs=logs)
+    harness.task = asyncio.create_task(bot.start(settings.discord_token.reveal()))
+    try:
+        await asyncio.wait_for(bot.wait_until_ready(), 10)
+        yield harness
+    finally:
+        if not bot.is_closed():
+            await bot.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await harness.task
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    tmp_path: Path, *, scenario: Scenario | None = None, fake: FakeDiscord | None = None, **env: str
+) -> AsyncIterator[Harness]:
+    """Simulator + offline Discord + the real bot, all on 127.0.0.1; everything closed afterwards."""
+    scenario = scenario or Scenario(duration_s=3.0)
+    logs = LogCapture()
+    from services.logs import RedactingFilter
+
+    root = logging.getLogger()
+    async with running_simulator(scenario) as sim, contextlib.AsyncExitStack() as stack:
+        if fake is None:
+            fake = await stack.enter_async_context(FakeDiscord(token=TOKEN))
+        settings = load_settings(e2e_env(sim, fake, tmp_path, **env))
+        logs.addFilter(RedactingFilter(settings.secrets()))
+        logs.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(logs)
+        previous_level = root.level
+        root.setLevel(logging.DEBUG)
+        stack.callback(root.removeHandler, logs)
+        stack.callback(root.setLevel, previous_level)
+        quiet = logging.getLogger("aiosqlite")
+        stack.callback(quiet.setLevel, quiet.level)
+        quiet.setLevel(logging.WARNING)
+        stack.enter_context(point_discord_py_at(fake))
+        point_at_discord(settings)
+        harness = await stack.enter_async_context(started_bot(settings, fake, sim, tmp_path, logs))
+        yield harness
+
+
+def is_discord_file_error(exc: BaseException) -> bool:
+    return isinstance(exc, discord.HTTPException)
