@@ -37,7 +37,7 @@ class ProbeBot(commands.Bot):
         self.caught: list[discord.HTTPException] = []
 
     async def setup_hook(self) -> None:
-        for command in (ping, say, form, slow, progress, fetch, upload):
+        for command in (ping, say, form, slow, progress, fetch, upload, buttons, dm, card, later):
             self.tree.add_command(command)
         await self.tree.sync()
 
@@ -136,6 +136,48 @@ async def upload(interaction: discord.Interaction[ProbeBot], size: int, count: i
         await interaction.edit_original_response(attachments=files)
 
 
+class PressView(ui.View):
+    def __init__(self) -> None:
+        super().__init__(timeout=None)
+
+    @ui.button(label="Press", custom_id="probe:press")
+    async def press(self, interaction: discord.Interaction[ProbeBot], button: ui.Button[PressView]) -> None:
+        async with report(interaction):
+            await interaction.response.edit_message(content=f"pressed by {interaction.user.name}", view=None)
+
+
+@app_commands.command(name="buttons", description="Answer with a button")
+async def buttons(interaction: discord.Interaction[ProbeBot]) -> None:
+    async with report(interaction):
+        await interaction.response.send_message("press it", view=PressView())
+
+
+@app_commands.command(name="dm", description="Write to the member in private")
+async def dm(interaction: discord.Interaction[ProbeBot]) -> None:
+    async with report(interaction):
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await interaction.user.send("hello in private")
+        await interaction.edit_original_response(content="sent")
+
+
+@app_commands.command(name="card", description="Answer with a Components v2 card")
+async def card(interaction: discord.Interaction[ProbeBot]) -> None:
+    async with report(interaction):
+        await interaction.response.defer(thinking=True)
+        view: ui.LayoutView = ui.LayoutView()
+        view.add_item(ui.Container(ui.TextDisplay("## Card @everyone"), ui.File("attachment://song.mp3")))
+        files = [discord.File(io.BytesIO(b"ID3"), "song.mp3"), discord.File(io.BytesIO(b"la la"), "lyrics.txt")]
+        await interaction.edit_original_response(view=view, attachments=files)
+
+
+@app_commands.command(name="later", description="Defer, then answer with a followup")
+async def later(interaction: discord.Interaction[ProbeBot]) -> None:
+    async with report(interaction):
+        await interaction.response.defer(thinking=True)
+        await interaction.followup.send("first followup", wait=True)
+        await interaction.followup.send("second followup", ephemeral=True)
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeDiscord]:
     async with FakeDiscord(token=TOKEN, heartbeat_interval=0.5) as server:
@@ -183,7 +225,8 @@ async def test_bot_logs_in_identifies_and_syncs(fake: FakeDiscord, bot: ProbeBot
     await fake.wait_until(lambda: fake.gateway.connections[0].heartbeats >= 1)
 
     assert len(fake.command_syncs) == 1
-    assert {c["name"] for c in fake.commands()} == {"ping", "say", "form", "slow", "progress", "fetch", "upload"}
+    names = {"ping", "say", "form", "slow", "progress", "fetch", "upload", "buttons", "dm", "card", "later"}
+    assert {c["name"] for c in fake.commands()} == names
     assert all(c["id"] and c["application_id"] == str(fake.application_id) for c in fake.commands())
 
 
@@ -264,6 +307,58 @@ async def test_mentions_follow_allowed_mentions(fake: FakeDiscord, bot: ProbeBot
     assert not original.pings().anyone
 
 
+async def test_button_click_updates_the_message(fake: FakeDiscord, bot: ProbeBot) -> None:
+    record = await fake.send_interaction(fake.slash("buttons"))
+    assert await bot.ended(record.id) is None
+    message = fake.original(record.id)
+    assert message is not None and [b["custom_id"] for b in message.buttons()] == ["probe:press"]
+
+    clicker = fake.add_user("clicker")
+    click = await fake.send_interaction(fake.click("probe:press", user=clicker))
+    assert await bot.ended(click.id) is None
+    assert fake.callback(click.id) is not None and fake.callback(click.id).type == 7  # type: ignore[union-attr]
+    assert fake.original(click.id) is message
+    assert message.content == "pressed by clicker" and message.buttons() == []
+    assert [m.content for m in fake.channel_messages(fake.channel)] == ["pressed by clicker"]
+
+
+async def test_direct_messages_and_closed_dms(fake: FakeDiscord, bot: ProbeBot) -> None:
+    record = await fake.send_interaction(fake.slash("dm"))
+    assert await bot.ended(record.id) is None
+    assert [m.content for m in fake.dms(fake.user)] == ["hello in private"]
+    original = fake.original(record.id)
+    assert original is not None and original.ephemeral and original.content == "sent"
+
+    shy = fake.add_user("shy")
+    fake.close_dms(shy)
+    refused = await fake.send_interaction(fake.slash("dm", user=shy))
+    error = await bot.ended(refused.id)
+    assert isinstance(error, discord.Forbidden) and error.code == 50007
+    assert fake.dms(shy) == []
+
+
+async def test_components_v2_card_hides_unreferenced_files(fake: FakeDiscord, bot: ProbeBot) -> None:
+    record = await fake.send_interaction(fake.slash("card"))
+    assert await bot.ended(record.id) is None
+    original = fake.original(record.id)
+    assert original is not None and original.components_v2 and original.content == ""
+    assert [c["type"] for c in original.all_components()] == [17, 10, 13]
+    assert [a.filename for a in original.attachments] == ["song.mp3", "lyrics.txt"]
+    assert [a.filename for a in original.visible_attachments()] == ["song.mp3"]
+    assert original.attachment("song.mp3").content_type == "audio/mpeg"
+    assert "## Card" in original.text() and original.pings().everyone  # v2 text pings unless disallowed
+
+
+async def test_first_followup_replaces_the_thinking_message(fake: FakeDiscord, bot: ProbeBot) -> None:
+    record = await fake.send_interaction(fake.slash("later"))
+    assert await bot.ended(record.id) is None
+    original = fake.original(record.id)
+    assert original is not None and original.content == "first followup" and not original.loading
+    [followup] = fake.followups(record.id)
+    assert followup.content == "second followup" and followup.ephemeral
+    assert fake.find_requests("POST", "/webhooks/")[0].query == {"wait": "1", "with_components": "0"}
+
+
 # --- Discord's rules ----------------------------------------------------------------------------------------------
 
 
@@ -339,7 +434,7 @@ async def test_rate_limited_edit_is_waited_out(fake: FakeDiscord, bot: ProbeBot)
     assert await bot.ended(record.id) is None
     first, second = fake.find_requests("PATCH", "/messages/@original$")
     assert (first.status, second.status) == (429, 200)
-    assert second.at - first.at >= 0.05
+    assert second.at - first.at >= 0.049  # discord.py slept retry_after before retrying
     original = fake.original(record.id)
     assert original is not None and original.attachment("pong.bin").data == PONG
 

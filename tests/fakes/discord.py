@@ -555,6 +555,14 @@ class FakeDiscord:
                 f"timed out after {timeout}s waiting for {what or predicate}; last requests:\n  {recent}"
             ) from None
 
+    async def wait_connected(self, identifies: int = 1, timeout: float = 5.0) -> None:
+        """Wait until the client has IDENTIFYed `identifies` times in all and its socket is up (a bot
+        started in another process: then `dispatch` and `send_interaction` reach it)."""
+        gateway = self.gateway
+        await self.wait_until(
+            lambda: gateway.identify_count >= identifies and gateway.connected, timeout, f"IDENTIFY #{identifies}"
+        )
+
     async def wait_for_callback(self, interaction_id: int, timeout: float = 5.0) -> Callback:
         """The accepted callback (defer, message, modal…) of an interaction."""
         record = self.interaction(interaction_id)

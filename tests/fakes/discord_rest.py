@@ -30,6 +30,7 @@ from tests.fakes.payloads import (
     Snowflakes,
     TokenFactory,
     iso,
+    member_json,
 )
 
 JSON_TYPE = "application/json"
@@ -698,6 +699,7 @@ def apply_body(
         after.message_reference = body.get("message_reference")
     elif body.get("flags") is not None:
         after.flags = (after.flags & ~EDITABLE_FLAGS) | (int(body["flags"]) & EDITABLE_FLAGS)
+        after.flags |= message.flags & COMPONENTS_V2
     after.attachments = merge_attachments(state, message, body, files)
 
     if len(after.content) > rules.max_content:
@@ -705,12 +707,16 @@ def apply_body(
     check_embeds(after.embeds, rules, where)
     if len(after.attachments) > rules.max_attachments:
         raise DiscordError(400, 30015, f"Maximum number of attachments in a message reached ({rules.max_attachments})")
-    if after.flags & COMPONENTS_V2 and (after.content or after.embeds):
-        raise form_error(
-            f"{where}content",
-            "MESSAGE_CANNOT_USE_LEGACY_FIELDS_WITH_COMPONENTS_V2",
-            "The 'content' field cannot be used",
-        )
+    if after.flags & COMPONENTS_V2:
+        # The request may not use content/embeds with the flag; what an edit turns into v2 loses them. Once
+        # set, the flag stays (discord-api-docs components/reference.mdx).
+        if body.get("content") or body.get("embeds"):
+            raise form_error(
+                f"{where}content",
+                "MESSAGE_CANNOT_USE_LEGACY_FIELDS_WITH_COMPONENTS_V2",
+                "The 'content' and 'embeds' fields cannot be used when using MessageFlags.IS_COMPONENTS_V2",
+            )
+        after.content, after.embeds = "", []
     check_components(after.components, after.flags, rules, where)
     empty = not (after.content or after.embeds or after.components or after.attachments or body.get("poll"))
     if rules.reject_empty and empty and not message.loading:
@@ -912,6 +918,9 @@ class RestApi:
             ("PATCH", rf"/webhooks/{app}/{token}/messages/{snowflake}", self.patch_webhook_message),
             ("DELETE", rf"/webhooks/{app}/{token}/messages/{snowflake}", self.delete_webhook_message),
             ("POST", r"/users/@me/channels", self.create_dm),
+            ("GET", rf"/guilds/{snowflake}", self.get_guild),
+            ("GET", rf"/guilds/{snowflake}/channels", self.get_guild_channels),
+            ("GET", rf"/guilds/{snowflake}/members/{snowflake}", self.get_member),
             ("GET", rf"/channels/{snowflake}", self.get_channel),
             ("POST", rf"/channels/{snowflake}/typing", self.typing),
             ("GET", rf"/channels/{snowflake}/messages", self.get_channel_messages),
@@ -1210,6 +1219,31 @@ class RestApi:
         if user is None:
             raise form_error("recipient_id", "NUMBER_TYPE_COERCE", "Value is not a known user.")
         return ok(state.dm_channel(user).to_json())
+
+    def _guild(self, guild_id: str) -> FakeGuild:
+        guild = self.state.guilds.get(int(guild_id))
+        if guild is None:
+            raise DiscordError(404, 10004, "Unknown Guild")
+        return guild
+
+    async def get_guild(self, call: Call) -> Reply:
+        data = self._guild(call.args[0]).to_json(self.state.bot, joined_at=self.state.started)
+        keep = ("channels", "threads", "members", "voice_states", "presences", "joined_at", "large", "unavailable")
+        return ok({key: value for key, value in data.items() if key not in keep})
+
+    async def get_guild_channels(self, call: Call) -> Reply:
+        return ok(self._guild(call.args[0]).to_json(self.state.bot, joined_at=self.state.started)["channels"])
+
+    async def get_member(self, call: Call) -> Reply:
+        guild = self._guild(call.args[0])
+        user = self.state.users.get(int(call.args[1]))
+        if user is None:
+            raise DiscordError(404, 10007, "Unknown Member")
+        if user.id == self.state.bot.id:
+            return ok(guild.to_json(self.state.bot, joined_at=self.state.started)["members"][0])
+        member = member_json(user, roles=[], permissions=guild.everyone.permissions, joined_at=self.state.started)
+        member.pop("permissions")
+        return ok(member)
 
     async def get_channel(self, call: Call) -> Reply:
         channel = self._bot_channel(call.args[0], Perm.VIEW_CHANNEL)
