@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -504,3 +505,87 @@ def test_snowflakes_match_discord_py(fake: FakeDiscord) -> None:
     ]
     assert payload["member"]["permissions"] == str(int(MODERATOR_PERMISSIONS))
     assert payload["data"]["resolved"]["users"][str(fake.user.id)]["username"] == "member"
+
+
+# --- REST rules without a bot ---------------------------------------------------------------------------------------
+
+
+def _multipart(payload: dict[str, object], files: dict[str, tuple[str, bytes]]) -> aiohttp.FormData:
+    form = aiohttp.FormData(quote_fields=False)
+    form.add_field("payload_json", json.dumps(payload), content_type="application/json")
+    for field, (filename, data) in files.items():
+        form.add_field(field, data, filename=filename, content_type="application/octet-stream")
+    return form
+
+
+async def test_rest_rules_for_bot_posts(fake: FakeDiscord) -> None:
+    url = f"{fake.api_base}/channels/{fake.channel.id}/messages"
+    auth = {"Authorization": f"Bot {TOKEN}"}
+    async with aiohttp.ClientSession(headers=auth) as session:
+
+        async def post(body: dict[str, object]) -> tuple[int, dict[str, object]]:
+            async with session.post(url, json=body) as response:
+                assert response.headers["Content-Type"] == "application/json"
+                return response.status, await response.json()
+
+        assert await post({"embeds": [{"description": "d" * 4097}]}) == (
+            400,
+            {
+                "message": "Invalid Form Body",
+                "code": 50035,
+                "errors": {
+                    "embeds": {
+                        "0": {
+                            "description": {
+                                "_errors": [
+                                    {"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 4096 or fewer in length."}
+                                ]
+                            }
+                        }
+                    }
+                },
+            },
+        )
+        status, body = await post({"embeds": [{"description": "d" * 4000}, {"description": "e" * 2001}]})
+        assert (status, body["code"]) == (400, 50035) and "embeds" in body["errors"]  # type: ignore[operator]
+        assert (await post({}))[1]["code"] == 50006
+        fake.fail_next("POST", r"/channels/\d+/messages$", 403, 50013, times=2)
+        assert [(await post({"content": "hi"}))[1].get("code") for _ in range(3)] == [50013, 50013, None]
+
+        form = _multipart({"content": "two files"}, {"files[0]": ("a.mp3", b"A" * 10), "files[1]": ("b.txt", b"B")})
+        async with session.post(url, data=form) as response:
+            created = await response.json()
+        kept = created["attachments"][0]
+        assert [a["content_type"] for a in created["attachments"]] == ["audio/mpeg", "text/plain; charset=utf-8"]
+        edit = _multipart(
+            {"attachments": [{"id": kept["id"]}, {"id": 0, "filename": "c.png"}]}, {"files[0]": ("c.png", b"C")}
+        )
+        async with session.patch(f"{url}/{created['id']}", data=edit) as response:
+            edited = await response.json()
+        assert [a["filename"] for a in edited["attachments"]] == ["a.mp3", "c.png"]
+        assert edited["content"] == "two files" and edited["edited_timestamp"] is not None
+        async with session.get(kept["url"]) as response:
+            assert await response.read() == b"A" * 10
+
+        fake.channel.upload_limit = 5
+        form = _multipart({"content": "big"}, {"files[0]": ("a.mp3", b"A" * 6)})
+        async with session.post(url, data=form) as response:
+            assert (response.status, (await response.json())["code"]) == (413, 40005)
+
+        async with session.delete(f"{fake.api_base}/users/@me") as response:
+            assert response.status == 405
+        async with session.get(f"{fake.api_base}/nothing/here") as response:
+            assert response.status == 404
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(f"{fake.api_base}/users/@me") as response:
+        assert (response.status, (await response.json())["code"]) == (401, 0)
+    assert all("Authorization" not in r.headers for r in fake.requests)
+    assert [r.auth for r in fake.requests[-2:]] == ["Bot", None]
+
+
+async def test_announced_bucket_makes_discord_py_wait_without_429(fake: FakeDiscord, bot: ProbeBot) -> None:
+    fake.limit_bucket("PATCH", "/messages/@original$", limit=2, per=0.2, announce=True)
+    record = await fake.send_interaction(fake.slash("progress", {"steps": 4}))
+    assert await bot.ended(record.id) is None
+    patches = fake.find_requests("PATCH", "/messages/@original$")
+    assert [r.status for r in patches] == [200] * 4
+    assert patches[2].at - patches[1].at >= 0.1  # the client waited for the announced reset
