@@ -338,6 +338,13 @@ async def test_direct_messages_and_closed_dms(fake: FakeDiscord, bot: ProbeBot) 
     assert fake.dms(shy) == []
 
 
+async def test_slash_command_in_a_dm(fake: FakeDiscord, bot: ProbeBot) -> None:
+    record = await fake.send_interaction(fake.slash("say", {"text": "in private"}, dm=True))
+    assert await bot.ended(record.id) is None
+    assert "member" not in record.payload and record.payload["context"] == 1
+    assert [m.content for m in fake.dms(fake.user)] == ["in private"]
+
+
 async def test_components_v2_card_hides_unreferenced_files(fake: FakeDiscord, bot: ProbeBot) -> None:
     record = await fake.send_interaction(fake.slash("card"))
     assert await bot.ended(record.id) is None

@@ -57,7 +57,7 @@ class Connection:
     opened_at: float
     request: web.Request = field(repr=False)
     ws: web.WebSocketResponse = field(repr=False)
-    received: list[tuple[int, Any]] = field(default_factory=list)
+    received: list[tuple[Any, Any]] = field(default_factory=list)
     heartbeats: int = 0
     session: Session | None = None
     close_code: int | None = None
