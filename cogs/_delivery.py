@@ -47,6 +47,7 @@ class SongContext:
     want_format: str
     private: bool
     title: str
+    max_bytes: int
 
 
 def token_usable(interaction: discord.Interaction) -> bool:
@@ -152,15 +153,21 @@ class SongMessage:
         fmt = self.song.audio.format if self.song.audio else self.ctx.want_format
         return f"{slugify(self.ctx.title)}.{fmt}"
 
+    def _extras(self) -> list[tuple[str, bytes]]:
+        """The lyrics file and the waveform picture, each only if it fits the per-attachment limit."""
+        extras: list[tuple[str, bytes]] = []
+        lyrics = self.song.result.lyrics
+        if lyrics:
+            extras.append(("lyrics.txt", lyrics.encode("utf-8")))
+        if self.wave is not None:
+            extras.append(("waveform.png", self.wave))
+        return [(name, data) for name, data in extras if len(data) <= self.ctx.max_bytes]
+
     def files(self) -> list[discord.File]:
         files: list[discord.File] = []
         if self.audio is not None:
             files.append(discord.File(io.BytesIO(self.audio), filename=self.audio_name))
-        lyrics = self.song.result.lyrics
-        if lyrics:
-            files.append(discord.File(io.BytesIO(lyrics.encode("utf-8")), filename="lyrics.txt"))
-        if self.wave is not None:
-            files.append(discord.File(io.BytesIO(self.wave), filename="waveform.png"))
+        files.extend(discord.File(io.BytesIO(data), filename=name) for name, data in self._extras())
         return files
 
     def embed(self) -> discord.Embed:
@@ -184,7 +191,7 @@ class SongMessage:
                 inline=False,
             )
         embed.add_field(name="Request id", value=f"`{result.request_id or 'n/a'}`", inline=False)
-        if self.wave is not None:
+        if any(name == "waveform.png" for name, _ in self._extras()):
             embed.set_image(url="attachment://waveform.png")
         embed.set_footer(text=clip(f"Requested by {ctx.user_name} · job {ctx.job_id}", 200))
         return embed
@@ -283,6 +290,7 @@ class DiscordJobObserver:
         """Discord refused the size: fit again under a smaller limit, or fall back to the link."""
         current = message.song.audio.size if message.song.audio else 0
         if current == 0:
+            message.wave = None  # the audio is already a link; drop the picture too
             return
         log.info("job %s: upload of %d bytes refused (413); fitting smaller", self.ctx.job_id, current)
         await message.song.refit(int(current * 0.7))

@@ -365,6 +365,7 @@ class SongCog(commands.Cog):
             want_format=want_format,
             private=private,
             title=title_for(options),
+            max_bytes=interaction.filesize_limit,
         )
         observer = DiscordJobObserver(
             interaction, song_ctx, cancel_button=CancelButton, regenerate_button=RegenerateButton

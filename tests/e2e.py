@@ -52,6 +52,10 @@ class Harness:
     def store(self) -> Any:
         return self.bot.services.store
 
+    async def configure(self, **changes: Any) -> None:
+        """Change the default guild's settings directly in the store (as a moderator's /songconfig would)."""
+        await self.store.update_guild_settings(self.fake.guild.id, self.fake.guild.owner_id, changes)
+
     async def song(self, options: Mapping[str, Any] | None = None, **kwargs: Any) -> int:
         """Send `/song` and return the interaction id."""
         payload = self.fake.slash("song", dict(options or {}), **kwargs)
@@ -156,3 +160,58 @@ async def running_bot(
 
 def is_discord_file_error(exc: BaseException) -> bool:
     return isinstance(exc, discord.HTTPException)
+
+
+# --- fault-matrix helpers (tests/test_faults_*.py) -------------------------------------------------------------
+
+ERROR_ID_IN_TEXT = r"\(error id `([^`]+)`\)"
+
+
+async def wait_for_job(h: Harness, user_id: int | None = None, timeout: float = 10.0) -> Any:
+    """The newest job of a member (default: the fake's default member), once its row exists."""
+    member = user_id if user_id is not None else h.fake.user.id
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        jobs = await h.store.history(member, limit=1)
+        if jobs:
+            return jobs[0]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"member {member} has no job")
+        await asyncio.sleep(0.05)
+
+
+async def reservation_state(h: Harness, job_id: int) -> str | None:
+    """ "held", "committed" or "refunded": what became of the quota a job reserved."""
+    async with h.store.read() as tx:
+        reservation = await tx.reservation(job_id)
+    return None if reservation is None else str(reservation.state)
+
+
+async def assert_refunded(h: Harness, job_id: int, user_id: int | None = None) -> None:
+    """The job's reservation was given back: the member has used no song today."""
+    member = user_id if user_id is not None else h.fake.user.id
+    assert await reservation_state(h, job_id) == "refunded"
+    usage = await h.bot.services.policy.member_usage(h.fake.guild.id, member)
+    assert usage.songs_used == 0, usage
+
+
+def error_id_of(text: str) -> str:
+    """The short error id a failure text ends with."""
+    import re
+
+    match = re.search(ERROR_ID_IN_TEXT, text)
+    assert match is not None, f"no error id in {text!r}"
+    return match.group(1)
+
+
+def switch_scenario_at(sim: FunMusicSimulator, request_number: int, scenario: Scenario) -> None:
+    """From the `request_number`-th generation request on (1-based), the simulator plays `scenario`: a fault on
+    the first attempt and a clean retry, without racing the client's backoff."""
+
+    class _Switching(list[dict[str, Any]]):
+        def append(self, item: dict[str, Any]) -> None:
+            super().append(item)
+            if len(self) == request_number:
+                sim.scenario = scenario
+
+    sim.requests = _Switching(sim.requests)
