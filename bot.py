@@ -22,11 +22,12 @@ from typing import Any
 import aiohttp
 import discord
 import yarl
+from discord import app_commands
 from discord.ext import commands
 from dotenv import load_dotenv
 
 from services.clock import Clock, SystemClock
-from services.errors import ConfigError
+from services.errors import ConfigError, SongbotError
 from services.funmusic.client import FunMusicClient
 from services.jobs import JobManager
 from services.logs import setup_logging
@@ -71,6 +72,27 @@ def point_at_discord(settings: Settings) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
+class SongTree(app_commands.CommandTree["SongBot"]):
+    """The last error handler: any error no cog handled becomes words and an error id, never "interaction failed"."""
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        wrapped = SongbotError("unexpected")
+        log.error(
+            "unhandled error in /%s [error %s]",
+            interaction.command and interaction.command.qualified_name,
+            wrapped.error_id,
+            exc_info=error,
+        )
+        text = f"Something went wrong on the bot's side. (error id `{wrapped.error_id}`)"
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException:
+            log.warning("could not report error %s to the member", wrapped.error_id)
+
+
 class SongBot(commands.Bot):
     """The bot: owns the shared resources and the job manager's life."""
 
@@ -88,6 +110,7 @@ class SongBot(commands.Bot):
             intents=discord.Intents.default(),
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=False),
             help_command=None,
+            tree_cls=SongTree,
             **options,
         )
         self.settings = settings

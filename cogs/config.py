@@ -168,11 +168,11 @@ class ConfigCog(commands.Cog):
         await self._reply(interaction, describe_change(before, after))
 
     @channels.command(name="add", description="Allow /song in a channel (once any is listed, only listed ones).")
-    async def channels_add(self, interaction: discord.Interaction, channel: discord.abc.GuildChannel) -> None:
+    async def channels_add(self, interaction: discord.Interaction, channel: app_commands.AppCommandChannel) -> None:
         await self._list_change(interaction, "add_channel", channel.id)
 
     @channels.command(name="remove", description="Stop allowing /song in a listed channel.")
-    async def channels_remove(self, interaction: discord.Interaction, channel: discord.abc.GuildChannel) -> None:
+    async def channels_remove(self, interaction: discord.Interaction, channel: app_commands.AppCommandChannel) -> None:
         await self._list_change(interaction, "remove_channel", channel.id)
 
     @channels.command(name="clear", description="Allow /song in every channel again.")

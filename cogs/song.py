@@ -114,6 +114,15 @@ async def read_lyrics_attachment(attachment: discord.Attachment, session: aiohtt
     return decode_lyrics_file(data, attachment.filename)
 
 
+def member_role_ids(user: discord.User | discord.Member) -> list[int]:
+    """The role ids from the interaction's member payload: the source of truth, even for roles the guild cache
+    has not seen yet (``Member.roles`` silently drops those)."""
+    raw = getattr(user, "_roles", None)
+    if raw is not None:
+        return [int(role_id) for role_id in raw]
+    return [role.id for role in getattr(user, "roles", [])]
+
+
 def is_manager(interaction: discord.Interaction) -> bool:
     perms = interaction.permissions
     return bool(perms.manage_guild or perms.administrator)
@@ -332,7 +341,7 @@ class SongCog(commands.Cog):
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id or 0,
             user_id=user.id,
-            role_ids=[role.id for role in getattr(user, "roles", [])],
+            role_ids=member_role_ids(user),
             is_manager=is_manager(interaction),
             estimated_seconds=services.settings.estimated_song_seconds,
         )
