@@ -26,11 +26,14 @@ import binascii
 import contextlib
 import json
 import logging
+import os
 import random
 import re
 import struct
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -63,6 +66,8 @@ OSS_HOST_SUFFIX = ".aliyuncs.com"
 ERROR_BODY_MAX = 1024 * 1024
 JSON_BODY_MAX = 64 * 1024 * 1024
 DOWNLOAD_CHUNK = 256 * 1024
+#: aiohttp's default 64 KiB read buffer pauses the socket every 128 KiB; audio streams flow better with room.
+READ_BUFSIZE = 1024 * 1024
 MAX_REDIRECTS = 3
 HEAD_BYTES = 64 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -120,57 +125,117 @@ def wav_byte_rate(head: bytes | bytearray) -> tuple[int, int] | None:
     return None
 
 
+def _write_all(fd: int, chunks: Sequence[bytes]) -> None:
+    """*Blocking.* Write every chunk, in order, with as few syscalls as the kernel allows."""
+    views = [memoryview(c) for c in chunks]
+    index = 0
+    while index < len(views):
+        written = os.writev(fd, views[index : index + 1024])
+        while written and index < len(views):
+            size = len(views[index])
+            if written >= size:
+                written -= size
+                index += 1
+            else:
+                views[index] = views[index][written:]
+                written = 0
+
+
+def decode_audio(payload: str, request_id: str | None, audio_delivered: bool) -> bytes:
+    """One event's base64, decoded on its own: joined padded chunks would silently lose data (``YWI=Y2Q=``)."""
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BrokenStream(
+            f"invalid base64 in an audio event: {exc}", request_id=request_id, audio_delivered=audio_delivered
+        ) from None
+
+
+class _Meter:
+    """Counts audio bytes and estimates their seconds from the first bytes: WAV byte rate, else MP3 bitrate."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.head = bytearray()
+        self._rate: tuple[int, int] | None = None
+
+    def add(self, data: bytes) -> None:
+        self.count += len(data)
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+
+    def seconds(self) -> float:
+        if self._rate is None and self.head:
+            if self.head[:4] == b"RIFF":
+                self._rate = wav_byte_rate(self.head)
+            else:
+                bitrate = mp3_bitrate(self.head)
+                self._rate = (bitrate // 8, 0) if bitrate else None
+        if self._rate is None:
+            return 0.0
+        per_second, offset = self._rate
+        return max(0, self.count - offset) / per_second
+
+
 class _AudioSink:
-    """The output file being assembled. Methods marked *blocking* do file I/O: call them with ``to_thread``."""
+    """The output file being assembled. Methods marked *blocking* do file I/O: call them in a worker thread."""
 
     def __init__(self, path: Path, fmt: str) -> None:
         self.path = path
         self.fmt = fmt
-        self.bytes_written = 0
-        self.head = bytearray()
+        self.meter = _Meter()
         self.dropped_headers = 0
         self._fh: IO[bytes] | None = None
-        self._rate: tuple[int, int] | None = None
+
+    @property
+    def bytes_written(self) -> int:
+        return self.meter.count
+
+    @property
+    def head(self) -> bytearray:
+        return self.meter.head
 
     def reset(self) -> None:
         """*Blocking.* Start (or start over) with an empty file."""
         if self._fh is None:
-            self._fh = self.path.open("wb")
+            self._fh = self.path.open("wb", buffering=0)
         else:
             self._fh.seek(0)
             self._fh.truncate()
-        self.bytes_written = 0
-        self.head = bytearray()
+        self.meter = _Meter()
         self.dropped_headers = 0
-        self._rate = None
 
     def write_stream_payloads(self, payloads: Sequence[str], request_id: str | None) -> None:
         """*Blocking.* Decode each event's base64 on its own and append it (dropping repeated WAV headers)."""
-        for payload in payloads:
-            try:
-                data = base64.b64decode(payload, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise BrokenStream(
-                    f"invalid base64 in an audio event: {exc}",
-                    request_id=request_id,
-                    audio_delivered=self.bytes_written > 0,
-                ) from None
-            if self.fmt == "wav" and self.bytes_written and data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        self.write_chunks([decode_audio(p, request_id, self.bytes_written > 0) for p in payloads])
+
+    def write_chunks(self, chunks: Sequence[bytes]) -> None:
+        """*Blocking.* Append decoded event chunks, dropping a WAV header that repeats at a chunk's start.
+
+        One ``writev`` per batch: after each syscall this thread has to win the GIL back from the busy event
+        loop, so fewer, larger writes keep the two threads from queueing behind each other.
+        """
+        kept: list[bytes] = []
+        for data in chunks:
+            if self.fmt == "wav" and (self.meter.count or kept) and data[:4] == b"RIFF" and data[8:12] == b"WAVE":
                 data_at = find_data_chunk(data)
                 if data_at is not None:
                     data = data[data_at + 8 :]
                     self.dropped_headers += 1
-            self.write_raw(data)
+            if data:
+                kept.append(data)
+        if kept:
+            assert self._fh is not None, "reset() first"
+            _write_all(self._fh.fileno(), kept)
+            for data in kept:
+                self.meter.add(data)
 
     def write_raw(self, data: bytes) -> None:
-        """*Blocking.* Append bytes as they are."""
-        if not data:
-            return
-        assert self._fh is not None, "reset() first"
-        if len(self.head) < HEAD_BYTES:
-            self.head += data[: HEAD_BYTES - len(self.head)]
-        self._fh.write(data)
-        self.bytes_written += len(data)
+        """*Blocking.* Append bytes exactly as they are (a downloaded file)."""
+        if data:
+            assert self._fh is not None, "reset() first"
+            _write_all(self._fh.fileno(), [data])
+            self.meter.add(data)
 
     def close(self) -> None:
         """*Blocking.*"""
@@ -185,17 +250,8 @@ class _AudioSink:
             self.path.unlink()
 
     def seconds(self) -> float:
-        """Seconds of audio so far, estimated from the header (WAV) or the first frame's bitrate (MP3)."""
-        if self._rate is None and self.head:
-            if self.head[:4] == b"RIFF":
-                self._rate = wav_byte_rate(self.head)
-            else:
-                bitrate = mp3_bitrate(self.head)
-                self._rate = (bitrate // 8, 0) if bitrate else None
-        if self._rate is None:
-            return 0.0
-        per_second, offset = self._rate
-        return max(0, self.bytes_written - offset) / per_second
+        """Seconds of audio written so far (an estimate; see :class:`_Meter`)."""
+        return self.meter.seconds()
 
 
 # ------------------------------------------------------------------------------------------------------ results
@@ -420,7 +476,8 @@ class FunMusicClient:
     ) -> GenerationResult:
         """Repair a streamed WAV's sizes, measure the file by decoding it, and give it its final name."""
         if sink.head[:4] == b"RIFF":
-            await asyncio.to_thread(repair_wav_file, sink.path)
+            with contextlib.suppress(ValueError):  # no data chunk in the header: the decode check below says so
+                await asyncio.to_thread(repair_wav_file, sink.path)
         await asyncio.to_thread(ffmpeg_exe)  # the first lookup searches PATH (blocking); later calls are cached
         try:
             info = await probe_audio(sink.path)
@@ -538,25 +595,32 @@ class FunMusicClient:
                 json=req.body(streaming=streaming),
                 headers=self._headers(streaming),
                 timeout=self._timeout,
+                read_bufsize=READ_BUFSIZE,
             ) as resp:
                 return await self._response(resp, sink, report, state, tag)
         except ServiceError as exc:
             exc.request_id = exc.request_id or state.request_id
+            exc.audio_delivered = exc.audio_delivered or state.audio_seen
             raise
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise ConnectionFailed(self._scrub(f"could not connect to DashScope in time: {exc}")) from None
-        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-            raise ServiceTimeout(
-                self._scrub(f"DashScope sent nothing for {self.idle_timeout_s:g} s: {exc or type(exc).__name__}"),
-                request_id=state.request_id,
-            ) from None
-        except aiohttp.ClientPayloadError as exc:
-            raise BrokenStream(self._scrub(f"the response was cut off: {exc}"), request_id=state.request_id) from None
-        except aiohttp.ClientError as exc:
-            raise ConnectionFailed(
-                self._scrub(f"connection to DashScope failed: {type(exc).__name__}: {exc}"),
-                request_id=state.request_id,
-            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._transport_error(exc, state) from None
+
+    def _transport_error(self, exc: BaseException, state: _StreamState) -> ServiceError:
+        """aiohttp's failures as songbot's: connecting, waiting (idle timeout), a cut body, a dropped link."""
+        err: ServiceError
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            err = ConnectionFailed(self._scrub(f"could not connect to DashScope in time: {exc}"))
+        elif isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+            err = ServiceTimeout(
+                self._scrub(f"DashScope sent nothing for {self.idle_timeout_s:g} s: {exc or type(exc).__name__}")
+            )
+        elif isinstance(exc, aiohttp.ClientPayloadError):
+            err = BrokenStream(self._scrub(f"the response was cut off: {exc}"))
+        else:
+            err = ConnectionFailed(self._scrub(f"connection to DashScope failed: {type(exc).__name__}: {exc}"))
+        err.request_id = state.request_id
+        err.audio_delivered = state.audio_seen
+        return err
 
     async def _response(
         self, resp: aiohttp.ClientResponse, sink: _AudioSink, report: _Reporter, state: _StreamState, tag: str
@@ -613,30 +677,37 @@ class FunMusicClient:
         self, resp: aiohttp.ClientResponse, sink: _AudioSink, report: _Reporter, state: _StreamState, tag: str
     ) -> _Final:
         parser = SSEParser()
-        async for chunk in resp.content.iter_any():
-            final = await self._events(parser.feed(chunk), sink, report, state, tag)
-            if final is not None:
-                return final
-        final = await self._events(parser.close(), sink, report, state, tag)
+        writer = _WriteBehind(sink, report)
+        try:
+            final: _Final | None = None
+            async for chunk in resp.content.iter_any():
+                final = await self._events(parser.feed(chunk), writer, state, tag)
+                if final is not None:
+                    break
+            else:
+                final = await self._events(parser.close(), writer, state, tag)
+            await writer.drain()
+        except BaseException:
+            await writer.abandon()
+            raise
         if final is not None:
             return final
         raise BrokenStream(
             f'the stream closed after {state.events} events without finish_reason "stop"',
             request_id=state.request_id,
-            audio_delivered=sink.bytes_written > 0,
+            audio_delivered=state.audio_seen,
         )
 
     async def _events(
-        self, events: list[SSEEvent], sink: _AudioSink, report: _Reporter, state: _StreamState, tag: str
+        self, events: list[SSEEvent], writer: _WriteBehind, state: _StreamState, tag: str
     ) -> _Final | None:
-        """Handle one read's events in order; audio is decoded and written in one thread hop per read."""
-        payloads: list[str] = []
+        """Handle one read's events in order; their audio goes to the writer as one batch."""
+        payloads: list[bytes] = []
         final: _Final | None = None
         try:
             for event in events:
                 state.events += 1
                 if event.event == "error":
-                    await self._flush(payloads, sink, report, state)
                     raise self._stream_error(event, state, tag)
                 if event.event is not None and event.event not in RESULT_EVENTS:
                     log.debug("fun-music %s ignoring event %r", tag, event.event)
@@ -645,7 +716,6 @@ class FunMusicClient:
                     continue
                 obj = self._event_json(event, state)
                 if "output" not in obj and obj.get("code"):
-                    await self._flush(payloads, sink, report, state)
                     raise self._classified(body_from_json(obj, event.http_status), tag, where="stream")
                 output = _as_dict(obj.get("output"))
                 if state.request_id is None and obj.get("request_id"):
@@ -653,16 +723,17 @@ class FunMusicClient:
                     log.info("fun-music %s request_id=%s streaming", tag, state.request_id)
                 data = _as_dict(output.get("audio")).get("data")
                 if isinstance(data, str) and data:
-                    payloads.append(data)
+                    payloads.append(decode_audio(data, state.request_id, state.audio_seen))
+                    state.audio_seen = True
                 if _is_stop(output):
                     final = _final_from(obj, state.request_id)
                     break
-            await self._flush(payloads, sink, report, state)
+            if payloads:
+                await writer.submit(payloads)
         except ServiceError as exc:
             if exc.request_id is None:
                 exc.request_id = state.request_id
-            if payloads or sink.bytes_written:
-                exc.audio_delivered = True
+            exc.audio_delivered = exc.audio_delivered or state.audio_seen
             raise
         return final
 
@@ -682,14 +753,6 @@ class FunMusicClient:
         if body.request_id is None:
             body = replace(body, request_id=state.request_id)
         return self._classified(body, tag, where="mid-stream")
-
-    async def _flush(self, payloads: list[str], sink: _AudioSink, report: _Reporter, state: _StreamState) -> None:
-        if not payloads:
-            return
-        batch = list(payloads)
-        payloads.clear()
-        await asyncio.to_thread(sink.write_stream_payloads, batch, state.request_id)
-        await report("generating", sink.bytes_written, sink.seconds())
 
     # ------------------------------------------------------------------------------------------- download
 
@@ -726,7 +789,9 @@ class FunMusicClient:
         for _hop in range(MAX_REDIRECTS + 1):
             await report("downloading")
             try:
-                async with self._session.get(current, allow_redirects=False, timeout=self._timeout) as resp:
+                async with self._session.get(
+                    current, allow_redirects=False, timeout=self._timeout, read_bufsize=READ_BUFSIZE
+                ) as resp:
                     if resp.status in REDIRECT_STATUSES:
                         location = resp.headers.get("Location")
                         if not location:
@@ -765,6 +830,70 @@ class FunMusicClient:
 class _StreamState:
     request_id: str | None = None
     events: int = 0
+    audio_seen: bool = False
+
+
+class _WriteBehind:
+    """Writes decoded audio in one worker thread, in order, while the event loop keeps reading the socket.
+
+    The loop does not wait for each write (a thread that just finished a syscall has to win the GIL back from
+    the busy loop, which can take a switch interval); it waits only when more than ``MAX_PENDING_BYTES`` are
+    queued, and for the rest at the end. Memory stays bounded by that figure plus one read.
+    """
+
+    MAX_PENDING_BYTES = 8 * 1024 * 1024
+    BATCH_BYTES = 1024 * 1024  # hand the worker about this much at a time: each hand-over costs a thread wake-up
+
+    def __init__(self, sink: _AudioSink, report: _Reporter) -> None:
+        self._sink = sink
+        self._report = report
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="songbot-audio")
+        self._pending: deque[tuple[asyncio.Future[None], int]] = deque()
+        self._pending_bytes = 0
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self.meter = _Meter()
+
+    async def submit(self, chunks: list[bytes]) -> None:
+        """Queue one read's decoded audio; it reaches the file in order, soon, without the loop waiting for it."""
+        for chunk in chunks:
+            self.meter.add(chunk)
+            self._batch_bytes += len(chunk)
+        self._batch.extend(chunks)
+        if self._batch_bytes >= self.BATCH_BYTES:
+            await self._hand_over()
+        await self._report("generating", self.meter.count, self.meter.seconds())
+
+    async def _hand_over(self) -> None:
+        if not self._batch:
+            return
+        batch, size = self._batch, self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+        loop = asyncio.get_running_loop()
+        self._pending.append((loop.run_in_executor(self._executor, self._sink.write_chunks, batch), size))
+        self._pending_bytes += size
+        while self._pending_bytes > self.MAX_PENDING_BYTES:
+            await self._wait_oldest()
+
+    async def _wait_oldest(self) -> None:
+        future, size = self._pending.popleft()
+        self._pending_bytes -= size
+        await future
+
+    async def drain(self) -> None:
+        """Write what is left, wait for every queued write (raising the first failure), let the worker go."""
+        await self._hand_over()
+        while self._pending:
+            await self._wait_oldest()
+        self._executor.shutdown(wait=False)
+
+    async def abandon(self) -> None:
+        """The stream failed: wait until the worker is idle, since the file is about to be reset or deleted."""
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._batch, self._batch_bytes = [], 0
+        with contextlib.suppress(Exception):
+            await asyncio.shield(asyncio.to_thread(self._executor.shutdown, True))
 
 
 def _error_body(raw: bytes, status: int, *, is_sse: bool) -> ErrorBody:

@@ -87,7 +87,7 @@ class SSEParser:
         self._closed = True
         events: list[SSEEvent] = []
         if self._buf:
-            self._line(bytes(self._buf), events)
+            self._line(self._buf, 0, len(self._buf), events)
             self._buf.clear()
         self._dispatch(events)
         return events
@@ -115,42 +115,45 @@ class SSEParser:
                     self._skip_lf = True  # the CR is the chunk's last byte; an LF may follow in the next chunk
             else:
                 line_end, next_pos = lf, lf + 1
-            self._line(bytes(buf[pos:line_end]), events)
+            self._line(buf, pos, line_end, events)
             pos = next_pos
             self._scanned = pos
         if pos:
             del buf[:pos]
             self._scanned -= pos
 
-    def _line(self, line: bytes, events: list[SSEEvent]) -> None:
-        if not line:
+    def _line(self, buf: bytes | bytearray, start: int, end: int, events: list[SSEEvent]) -> None:
+        """One line, ``buf[start:end]``, read in place: a multi-MiB data line is copied once, into its str."""
+        if start == end:
             self._dispatch(events)
             return
         pending = self._pending
-        if line[0] == 0x3A:  # ":" comment
-            if line.startswith(_STATUS_COMMENT):
-                pending.http_status = _parse_status(line[len(_STATUS_COMMENT) :])
+        if buf[start] == 0x3A:  # ":" comment
+            if buf.startswith(_STATUS_COMMENT, start, end):
+                pending.http_status = _parse_status(bytes(buf[start + len(_STATUS_COMMENT) : end]))
             return
-        colon = line.find(b":")
+        colon = buf.find(b":", start, end)
         if colon < 0:
-            name, value = line, b""
+            name, value_at = bytes(buf[start:end]), end
         else:
-            name = line[:colon]
-            value = line[colon + 1 :]
-            if value[:1] == b" ":
-                value = value[1:]
+            name = bytes(buf[start:colon])
+            value_at = colon + 1
+            if value_at < end and buf[value_at] == 0x20:
+                value_at += 1
         if name == b"data":
-            pending.data.append(value.decode("utf-8", "replace"))
+            with memoryview(buf) as view:
+                pending.data.append(str(view[value_at:end], "utf-8", "replace"))
             pending.has_content = True
         elif name == b"event":
-            pending.event = value.decode("utf-8", "replace")
+            pending.event = bytes(buf[value_at:end]).decode("utf-8", "replace")
             pending.has_content = True
         elif name == b"id":
+            value = bytes(buf[value_at:end])
             if b"\x00" not in value:
                 self._last_id = value.decode("utf-8", "replace")
             pending.id = self._last_id
         elif name == b"status":
-            pending.http_status = _parse_status(value)
+            pending.http_status = _parse_status(bytes(buf[value_at:end]))
         # "retry" and unknown fields are ignored, as the spec says
 
     def _dispatch(self, events: list[SSEEvent]) -> None:

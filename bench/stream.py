@@ -1,0 +1,276 @@
+"""Streaming benchmark (not a test): 200 s of 48 kHz stereo WAV (~38 MB) streamed as SSE and assembled.
+
+Contestants, each on the same stream from the same simulator (a separate process, so its work is not counted):
+
+- songbot's ``FunMusicClient.generate`` (SSE parser on ``iter_any``, per-event base64 decode, writes in a thread,
+  WAV repair, and the decode check with ffmpeg that every real song gets);
+- the official ``dashscope`` SDK (``BaseAioApi.call(..., stream=True)``), decoding each event's base64 and writing it
+  to a file. Its async line reader needs a session with a big ``read_bufsize`` (``dashscope-wire.md`` section 6).
+
+Prints wall time, MB/s of audio, and peak memory: tracemalloc's peak (Python allocations, in a separate run, since
+tracing slows everything) and the peak RSS growth sampled every 5 ms during the timed runs.
+
+    .venv/bin/python bench/stream.py [--duration 200] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from services.ffmpeg import probe_audio
+from services.funmusic.client import FunMusicClient
+from services.funmusic.request import GenerationRequest
+from services.settings import Secret
+
+API_KEY = "sk-bench-0000"
+PROMPT = "an epic orchestral anthem with choir and drums for a long journey"
+
+
+@dataclass
+class Run:
+    seconds: float
+    audio_bytes: int
+    rss_peak_delta: int
+
+
+class RssSampler:
+    """Peak resident memory growth over a block, sampled from a thread."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self._proc = psutil.Process()
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.baseline = self._proc.memory_info().rss
+        self.peak = self.baseline
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(self._interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def delta(self) -> int:
+        return self.peak - self.baseline
+
+
+def start_simulator(duration_s: float, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.simulator", "--duration", str(duration_s), "--api-key", API_KEY, *extra],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    base_url = proc.stdout.readline().decode().strip()
+    if not base_url.startswith("http://"):
+        proc.kill()
+        raise SystemExit("the simulator did not start")
+    return proc, base_url
+
+
+async def songbot(base_url: str, out_dir: Path) -> int:
+    async with aiohttp.ClientSession() as session:
+        client = FunMusicClient(session, api_key=Secret(API_KEY), base_url=base_url, max_retries=0)
+        result = await client.generate(GenerationRequest(prompt=PROMPT, format="wav"), out_dir=out_dir)
+    size = result.audio_bytes
+    await asyncio.to_thread(result.audio_path.unlink)
+    return size
+
+
+async def sdk(base_url: str, out_dir: Path, read_bufsize: int | None = 4 * 1024 * 1024) -> int:
+    """The SDK's async stream, decoded and written the plain way. ``read_bufsize=None``: the SDK's own session."""
+    from dashscope.client.base_api import BaseAioApi
+
+    path = out_dir / "sdk.wav"
+    written = 0
+    finished = False
+    # The SDK reads lines with aiohttp's readline: lines up to 2x read_bufsize, so make room for big events.
+    async with contextlib.AsyncExitStack() as stack:
+        session = None
+        if read_bufsize is not None:
+            session = await stack.enter_async_context(aiohttp.ClientSession(read_bufsize=read_bufsize))
+        responses = await BaseAioApi.call(
+            model="fun-music-v1",
+            input={"prompt": PROMPT, "format": "wav"},
+            task_group="audio",
+            task="music",
+            function="generation",
+            api_key=API_KEY,
+            stream=True,
+            base_address=base_url,
+            session=session,
+        )
+        with path.open("wb") as fh:
+            async for rsp in responses:
+                if rsp.status_code != 200:
+                    raise RuntimeError(f"SDK error {rsp.code}: {rsp.message}")
+                output = rsp.output or {}
+                data = output.get("audio", {}).get("data")
+                if data:
+                    chunk = base64.b64decode(data, validate=True)
+                    fh.write(chunk)
+                    written += len(chunk)
+                finished = finished or output.get("finish_reason") == "stop"
+    path.unlink(missing_ok=True)
+    if not finished:
+        raise RuntimeError("SDK stream ended without stop")
+    return written
+
+
+async def timed(fn: Callable[[str, Path], Awaitable[int]], base_url: str, out_dir: Path) -> Run:
+    with RssSampler() as rss:
+        start = time.perf_counter()
+        size = await fn(base_url, out_dir)
+        seconds = time.perf_counter() - start
+    return Run(seconds, size, rss.delta)
+
+
+async def traced_peak(fn: Callable[[str, Path], Awaitable[int]], base_url: str, out_dir: Path) -> int:
+    tracemalloc.start()
+    try:
+        await fn(base_url, out_dir)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    ram = psutil.virtual_memory().total / 2**30
+    return f"{os.cpu_count()} CPUs ({cpu}), {ram:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+async def sdk_default_session_on_a_huge_line(duration_s: float, out_dir: Path) -> str:
+    """What the SDK does, out of the box, with one data line over 600 KB (``dashscope-wire.md`` pitfall 1)."""
+    import dashscope
+
+    proc, base_url = start_simulator(duration_s, "--huge-line")
+    try:
+        await sdk(base_url, out_dir, read_bufsize=None)
+        outcome = "ok"
+    except Exception as exc:
+        outcome = f"fails: {type(exc).__name__}: {str(exc)[:80]}"
+    finally:
+        await dashscope.close_shared_aio_session()
+        proc.terminate()
+        proc.wait()
+    try:
+        proc2, base_url2 = start_simulator(duration_s, "--huge-line")
+        try:
+            await songbot(base_url2, out_dir)
+            ours = "ok"
+        finally:
+            proc2.terminate()
+            proc2.wait()
+    except Exception as exc:
+        ours = f"fails: {type(exc).__name__}: {exc}"
+    return f"SDK (its own session): {outcome}; songbot: {ours}"
+
+
+async def main(duration_s: float, runs: int) -> None:
+    print(f"machine: {machine()}")
+    proc, base_url = start_simulator(duration_s)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            out_dir = Path(tmp)
+            warm = await songbot(base_url, out_dir)  # the simulator renders and caches the song once
+            print(
+                f"stream: {duration_s:g} s of 48 kHz stereo WAV = {mb(warm)} of audio, "
+                f"{mb(warm * 4 / 3)} of base64 in 32 KiB events"
+            )
+            await sdk(base_url, out_dir)
+            results: dict[str, list[Run]] = {"songbot": [], "sdk": []}
+            for _ in range(runs):  # interleaved, so a noisy neighbour hurts both alike
+                results["songbot"].append(await timed(songbot, base_url, out_dir))
+                results["sdk"].append(await timed(sdk, base_url, out_dir))
+            peaks = {
+                "songbot": await traced_peak(songbot, base_url, out_dir),
+                "sdk": await traced_peak(sdk, base_url, out_dir),
+            }
+            # what the decode check (ffmpeg, on the finished file) costs inside songbot's figure
+            async with aiohttp.ClientSession() as session:
+                client = FunMusicClient(session, api_key=Secret(API_KEY), base_url=base_url, max_retries=0)
+                kept = await client.generate(GenerationRequest(prompt=PROMPT, format="wav"), out_dir=out_dir)
+            probes = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                await probe_audio(kept.audio_path)
+                probes.append(time.perf_counter() - start)
+            probe_s = statistics.median(probes)
+            huge = await sdk_default_session_on_a_huge_line(min(duration_s, 10.0), out_dir)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+    size = results["songbot"][0].audio_bytes
+    header = f"{'':8} {'wall best':>10} {'median':>8} {'MB/s best':>10} {'tracemalloc peak':>17} {'RSS growth':>11}"
+    print(f"{header}   runs (s)")
+    best, median = {}, {}
+    for name, rs in results.items():
+        times = [r.seconds for r in rs]
+        best[name], median[name] = min(times), statistics.median(times)
+        rss = max(r.rss_peak_delta for r in rs)
+        print(
+            f"{name:8} {best[name]:9.3f}s {median[name]:7.3f}s {size / 1e6 / best[name]:10.1f} "
+            f"{mb(peaks[name]):>17} {mb(rss):>11}   " + " ".join(f"{t:.3f}" for t in times)
+        )
+    print(f"songbot's figure includes WAV repair and the ffmpeg decode check of the file: {probe_s:.3f} s (median)")
+    alone_best = best["sdk"] / (best["songbot"] - probe_s)
+    alone_median = median["sdk"] / (median["songbot"] - probe_s)
+    print(
+        f"ratio (SDK time / songbot time): {best['sdk'] / best['songbot']:.2f} best, "
+        f"{median['sdk'] / median['songbot']:.2f} median; streaming and assembly alone (minus the decode check): "
+        f"{alone_best:.2f} best, {alone_median:.2f} median"
+    )
+    rss_ratio = max(r.rss_peak_delta for r in results["songbot"]) / size
+    print(f"peak memory / audio size, songbot: {peaks['songbot'] / size:.3f}x tracemalloc, {rss_ratio:.3f}x RSS growth")
+    print(f"a 620 KB data line: {huge}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=200.0)
+    parser.add_argument("--runs", type=int, default=7)
+    ns = parser.parse_args()
+    asyncio.run(main(ns.duration, ns.runs))
