@@ -1,0 +1,86 @@
+"""The entry point: command syncing only when the set changed, the dev guild, invite, and one-line start errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot import REQUIRED_PERMISSIONS, print_invite
+from services.settings import load_settings
+from tests.e2e import TOKEN, e2e_env, running_bot
+from tests.fakes.discord import FakeDiscord, point_discord_py_at
+from tests.sim_fixtures import running_simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_commands_sync_only_when_they_changed(tmp_path: Path) -> None:
+    async with FakeDiscord(token=TOKEN) as fake:
+        async with running_bot(tmp_path, fake=fake):
+            pass
+        assert len(fake.command_syncs) == 1
+        names = {c["name"] for c in fake.commands()}
+        assert {"song", "songconfig", "songusage", "songhistory", "songdata"} <= names
+        async with running_bot(tmp_path, fake=fake):
+            pass
+        assert len(fake.command_syncs) == 1  # unchanged: no second sync
+
+
+async def test_dev_guild_gets_the_global_commands_at_once(tmp_path: Path) -> None:
+    async with FakeDiscord(token=TOKEN) as fake:
+        async with running_bot(tmp_path, fake=fake, DEV_GUILD_ID=str(fake.guild.id)):
+            pass
+        guild_names = {c["name"] for c in fake.commands(fake.guild)}
+        assert {"song", "songconfig"} <= guild_names
+        song = next(c for c in fake.commands(fake.guild) if c["name"] == "song")
+        assert [o["name"] for o in song["options"]] == [
+            "prompt",
+            "voice",
+            "format",
+            "instrumental",
+            "watermark",
+            "lyrics_file",
+            "private",
+        ]
+        config = next(c for c in fake.commands(fake.guild) if c["name"] == "songconfig")
+        assert int(config["default_member_permissions"]) == 32  # Manage Server
+
+
+async def test_invite_url_has_the_documented_permissions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with running_simulator() as sim, FakeDiscord(token=TOKEN) as fake:
+        with point_discord_py_at(fake):
+            await print_invite(load_settings(e2e_env(sim, fake, tmp_path)))
+    url = capsys.readouterr().out.strip()
+    assert f"client_id={fake.application_id}" in url
+    assert f"permissions={REQUIRED_PERMISSIONS.value}" in url and "applications.commands" in url
+    readme = await asyncio.to_thread((ROOT / "README.md").read_text)
+    assert str(REQUIRED_PERMISSIONS.value) in readme
+
+
+def _run_bot(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD", "DASHSCOPE", "SONGBOT"))}
+    return subprocess.run(
+        [sys.executable, "bot.py", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_missing_token_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    result = _run_bot(env={"DISCORD_TOKEN": "", "SONGBOT_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: DISCORD_TOKEN is not set")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_unknown_subcommand(tmp_path: Path) -> None:
+    result = _run_bot("dance", env={"SONGBOT_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2 and "unknown command 'dance'" in result.stderr
