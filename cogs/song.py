@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 LYRICS_FILE_MAX_BYTES = 16 * 1024
 LYRICS_FILE_SUFFIXES = (".txt", ".lrc")
 PROMPT_OPTION_MAX = 1000
+#: Songs one member may have queued or generating at once, so one member cannot fill the shared queue.
+MAX_JOBS_PER_MEMBER = 2
 LYRICS_FILE_TIMEOUT_S = 1.5
 _LRC_TIMESTAMP = re.compile(r"^\s*\[\d{1,2}:\d{2}(?:[.:]\d{1,3})?\]", re.MULTILINE)
 _LRC_META = re.compile(r"^\s*\[(?:ar|ti|al|by|offset|length|re|ve):[^\]]*\]\s*$", re.MULTILINE | re.IGNORECASE)
@@ -279,7 +281,7 @@ class SongCog(commands.Cog):
     async def song(
         self,
         interaction: discord.Interaction,
-        prompt: str | None = None,
+        prompt: app_commands.Range[str, 1, PROMPT_OPTION_MAX] | None = None,
         voice: Literal["female", "male"] | None = None,
         format: Literal["mp3", "wav", "ogg"] | None = None,
         instrumental: bool = False,
@@ -337,6 +339,12 @@ class SongCog(commands.Cog):
             )
             return
         user = interaction.user
+        if len(services.jobs.jobs_of(user.id)) >= MAX_JOBS_PER_MEMBER:
+            await self._refuse(
+                interaction,
+                f"You already have {MAX_JOBS_PER_MEMBER} songs in progress; wait for one to finish (or cancel it).",
+            )
+            return
         ctx = RequestContext(
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id or 0,

@@ -250,3 +250,26 @@ async def test_mentions_in_prompts_ping_nobody(tmp_path: Path) -> None:
         for message in h.fake.edits(iid):
             assert message.allowed_mentions == {"parse": []}
         assert final.allowed_mentions == {"parse": []}
+
+
+async def test_cancel_while_queued_and_a_members_share_of_the_queue(tmp_path: Path) -> None:
+    slow = Scenario(duration_s=2.0, chunk_bytes=2048, chunk_delay_s=0.15)
+    async with running_bot(tmp_path, scenario=slow, MAX_CONCURRENT_GENERATIONS="1") as h:
+        await h.configure(cooldown=0)
+        other = h.fake.add_user("other")
+        running = await h.song({"prompt": PROMPT}, user=other)
+        await _job_id(h, running)
+        queued = await h.song({"prompt": PROMPT})
+        job_id = await _job_id(h, queued)
+        await h.fake.wait_until(lambda: "Queued — position 1" in (h.fake.original(queued).content or ""), what="queued")
+        extra = await h.song({"prompt": PROMPT})
+        await h.fake.wait_for_callback(extra)
+        third = await h.song({"prompt": PROMPT})
+        assert "already have 2 songs in progress" in await _refusal_any(h, third)
+        click = h.fake.click(f"song:cancel:{job_id}", h.fake.original(queued))
+        await h.fake.send_interaction(click)
+        assert (await h.wait_final(queued)).content.startswith("🛑 Cancelled")
+        assert (await h.wait_job_status(job_id, "cancelled")).status == "cancelled"
+        assert (await h.wait_final(running)).attachments
+        assert (await h.wait_final(extra)).attachments
+        assert len(h.sim.requests) == 2  # the cancelled song never reached the service
