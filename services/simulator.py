@@ -364,11 +364,17 @@ class FunMusicSimulator:
         return line
 
     async def _stream(self, request: web.Request, song: _Song) -> web.StreamResponse:
-        scenario = self.scenario
-        resp = web.StreamResponse(
-            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        resp = web.StreamResponse(status=200, headers=headers)
         await resp.prepare(request)
+        try:
+            return await self._stream_events(request, resp, song)
+        except ConnectionResetError:  # the client went away (a timeout, a refused line): nothing to send it
+            log.info("simulator request_id=%s: the client closed the stream", song.request_id)
+            return resp
+
+    async def _stream_events(self, request: web.Request, resp: web.StreamResponse, song: _Song) -> web.StreamResponse:
+        scenario = self.scenario
         audio = streamed_wav(song.audio) if song.fmt == "wav" else song.audio
         chunks = self._chunks(audio)
         out = _Coalescer(resp, paced=scenario.chunk_delay_s > 0)
