@@ -266,7 +266,9 @@ class DiscordJobObserver:
         return await self._fallback(message)
 
     async def _to_original(self, message: SongMessage) -> Delivery | None:
-        for _attempt in range(4):
+        """Edit the deferred message into the result. None sends the song down the ladder (channel, DM): a song
+        that was made is never lost to one refused edit."""
+        while True:
             try:
                 sent = await self.interaction.edit_original_response(
                     content=None,
@@ -277,24 +279,29 @@ class DiscordJobObserver:
                 )
                 return Delivery(sent.channel.id if sent.channel else self.ctx.channel_id, sent.id, "original")
             except discord.HTTPException as exc:
-                if exc.status == 413 or exc.code == 40005:
-                    await self._shrink(message)
+                if (exc.status == 413 or exc.code == 40005) and await self._shrink(message):
                     continue
                 if _is_expired_token(exc):
                     log.info("job %s: interaction token expired; posting in the channel", self.ctx.job_id)
-                    return None
-                raise
-        return None
+                else:
+                    log.warning(
+                        "job %s: could not edit in the result (%s); posting in the channel", self.ctx.job_id, exc
+                    )
+                return None
 
-    async def _shrink(self, message: SongMessage) -> None:
-        """Discord refused the size: fit again under a smaller limit, or fall back to the link."""
+    async def _shrink(self, message: SongMessage) -> bool:
+        """Discord refused the size: fit the audio again under a smaller limit (down to the link), then drop the
+        picture. False when nothing is left to make smaller; each call shrinks something, so retries end."""
         current = message.song.audio.size if message.song.audio else 0
         if current == 0:
+            if message.wave is None:
+                return False
             message.wave = None  # the audio is already a link; drop the picture too
-            return
+            return True
         log.info("job %s: upload of %d bytes refused (413); fitting smaller", self.ctx.job_id, current)
         await message.song.refit(int(current * 0.7))
         await message.reload_audio()
+        return True
 
     async def _fallback(self, message: SongMessage) -> Delivery:
         text = f"<@{self.ctx.user_id}> your song is ready."
@@ -302,7 +309,7 @@ class DiscordJobObserver:
         for target in targets:
             try:
                 messageable = await self._messageable(target)
-                for _attempt in range(4):
+                while True:
                     try:
                         sent = await messageable.send(
                             text,
@@ -313,8 +320,7 @@ class DiscordJobObserver:
                         )
                         return Delivery(sent.channel.id, sent.id, target)
                     except discord.HTTPException as exc:
-                        if exc.status == 413 or exc.code == 40005:
-                            await self._shrink(message)
+                        if (exc.status == 413 or exc.code == 40005) and await self._shrink(message):
                             continue
                         raise
             except discord.HTTPException as exc:
@@ -324,8 +330,8 @@ class DiscordJobObserver:
     async def _messageable(self, target: str) -> discord.abc.Messageable:
         if target == "channel":
             return self._client.get_partial_messageable(self.ctx.channel_id, guild_id=self.ctx.guild_id)
-        user = self._client.get_user(self.ctx.user_id) or await self._client.fetch_user(self.ctx.user_id)
-        return await user.create_dm()
+        # the DM channel from the member's id alone: no user lookup (the bot has no members intent or cache)
+        return await self._client.create_dm(discord.Object(self.ctx.user_id))
 
     async def failed(self, error: SongbotError) -> None:
         await self.editor.stop()
