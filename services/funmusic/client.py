@@ -141,6 +141,11 @@ def _write_all(fd: int, chunks: Sequence[bytes]) -> None:
                 written = 0
 
 
+def _decoded_size(payload: str) -> int:
+    """Bytes that valid base64 decodes to (progress only: the worker decodes, and checks, for real)."""
+    return len(payload) // 4 * 3 - (2 if payload.endswith("==") else 1 if payload.endswith("=") else 0)
+
+
 def decode_audio(payload: str, request_id: str | None, audio_delivered: bool) -> bytes:
     """One event's base64, decoded on its own: joined padded chunks would silently lose data (``YWI=Y2Q=``)."""
     try:
@@ -702,7 +707,7 @@ class FunMusicClient:
         self, events: list[SSEEvent], writer: _WriteBehind, state: _StreamState, tag: str
     ) -> _Final | None:
         """Handle one read's events in order; their audio goes to the writer as one batch."""
-        payloads: list[bytes] = []
+        payloads: list[str] = []
         final: _Final | None = None
         try:
             for event in events:
@@ -723,13 +728,13 @@ class FunMusicClient:
                     log.info("fun-music %s request_id=%s streaming", tag, state.request_id)
                 data = _as_dict(output.get("audio")).get("data")
                 if isinstance(data, str) and data:
-                    payloads.append(decode_audio(data, state.request_id, state.audio_seen))
+                    payloads.append(data)
                     state.audio_seen = True
                 if _is_stop(output):
                     final = _final_from(obj, state.request_id)
                     break
             if payloads:
-                await writer.submit(payloads)
+                await writer.submit(payloads, state.request_id)
         except ServiceError as exc:
             if exc.request_id is None:
                 exc.request_id = state.request_id
@@ -834,11 +839,13 @@ class _StreamState:
 
 
 class _WriteBehind:
-    """Writes decoded audio in one worker thread, in order, while the event loop keeps reading the socket.
+    """Decodes and writes the audio in one worker thread, in order, while the event loop keeps reading.
 
-    The loop does not wait for each write (a thread that just finished a syscall has to win the GIL back from
-    the busy loop, which can take a switch interval); it waits only when more than ``MAX_PENDING_BYTES`` are
-    queued, and for the rest at the end. Memory stays bounded by that figure plus one read.
+    The loop hands over about ``BATCH_BYTES`` of base64 at a time and does not wait for it (a worker that just
+    finished a syscall must win the GIL back from the busy loop, which can take a switch interval); it waits
+    only when more than ``MAX_PENDING_BYTES`` are queued, and for the rest at the end. Decoding off the loop
+    also keeps a multi-MiB event from stalling the bot's other work. Memory stays bounded by those two figures.
+    A bad event (invalid base64) fails its batch, which surfaces before the song can be declared done.
     """
 
     MAX_PENDING_BYTES = 8 * 1024 * 1024
@@ -850,16 +857,21 @@ class _WriteBehind:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="songbot-audio")
         self._pending: deque[tuple[asyncio.Future[None], int]] = deque()
         self._pending_bytes = 0
-        self._batch: list[bytes] = []
+        self._batch: list[str] = []
         self._batch_bytes = 0
+        self._request_id: str | None = None
         self.meter = _Meter()
 
-    async def submit(self, chunks: list[bytes]) -> None:
-        """Queue one read's decoded audio; it reaches the file in order, soon, without the loop waiting for it."""
-        for chunk in chunks:
-            self.meter.add(chunk)
-            self._batch_bytes += len(chunk)
-        self._batch.extend(chunks)
+    async def submit(self, payloads: list[str], request_id: str | None) -> None:
+        """Queue one read's base64 payloads: decoded (each on its own) and written in order by the worker."""
+        for payload in payloads:
+            if len(self.meter.head) < HEAD_BYTES:  # the first bytes tell the rate that progress needs
+                self.meter.add(decode_audio(payload, request_id, self.meter.count > 0))
+            else:
+                self.meter.count += _decoded_size(payload)
+            self._batch_bytes += len(payload)
+        self._batch.extend(payloads)
+        self._request_id = request_id
         if self._batch_bytes >= self.BATCH_BYTES:
             await self._hand_over()
         await self._report("generating", self.meter.count, self.meter.seconds())
@@ -870,7 +882,8 @@ class _WriteBehind:
         batch, size = self._batch, self._batch_bytes
         self._batch, self._batch_bytes = [], 0
         loop = asyncio.get_running_loop()
-        self._pending.append((loop.run_in_executor(self._executor, self._sink.write_chunks, batch), size))
+        write = self._sink.write_stream_payloads
+        self._pending.append((loop.run_in_executor(self._executor, write, batch, self._request_id), size))
         self._pending_bytes += size
         while self._pending_bytes > self.MAX_PENDING_BYTES:
             await self._wait_oldest()
