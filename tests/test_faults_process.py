@@ -1,0 +1,156 @@
+"""Fault matrix, the process: the bot killed mid-job and restarted, and SIGTERM during a job.
+
+Both run the real entry point, ``python bot.py``, as a child process against the offline Discord and the simulator
+in this test process (on 127.0.0.1), with a real SQLite file in tmp_path; a kill is a real SIGKILL, so nothing of the
+bot's graceful close runs. Rows: docs/faults.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.clock import SystemClock
+from services.simulator import Scenario
+from services.store import Store
+from tests.e2e import TOKEN, e2e_env, error_id_of, running_bot
+from tests.fakes.discord import FakeDiscord
+from tests.sim_fixtures import running_simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "a sea shanty about a lost anchor"
+#: About 16 s of streaming: the job is certainly still generating when the process is stopped.
+SLOW = Scenario(duration_s=2.0, chunk_bytes=1024, chunk_delay_s=0.5)
+RESTARTING = "The bot is restarting, so your song was stopped and your quota refunded"
+
+
+@dataclass
+class BotProcess:
+    """`python bot.py` running as a child; its log lines are collected as they come (the pipe never fills)."""
+
+    proc: asyncio.subprocess.Process
+    lines: list[str] = field(default_factory=list)
+    reader: asyncio.Task[None] | None = None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+
+def child_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The harness's settings on top of a clean environment (nothing of the developer's own bot leaks in)."""
+    base = {key: value for key, value in os.environ.items() if not key.startswith(("DISCORD_", "DASHSCOPE_"))}
+    return {**base, **env, "PYTHONUNBUFFERED": "1"}
+
+
+@contextlib.asynccontextmanager
+async def bot_process(env: Mapping[str, str]) -> AsyncIterator[BotProcess]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "bot.py",
+        cwd=ROOT,
+        env=child_env(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    bot = BotProcess(proc)
+    bot.reader = asyncio.create_task(bot._read())
+    try:
+        yield bot
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await bot.reader
+
+
+@contextlib.asynccontextmanager
+async def opened_store(env: Mapping[str, str]) -> AsyncIterator[Store]:
+    """The bot's database, read from this process (the bot is not running)."""
+    store = await Store.open(env["DATABASE_URL"], clock=SystemClock())
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def start_song_in(bot: BotProcess, fake: FakeDiscord, sim: Any) -> int:
+    """Send /song to the child bot and wait until it is generating (the simulator is streaming to it)."""
+    await fake.wait_connected(timeout=30)
+    payload = fake.slash("song", {"prompt": PROMPT})
+    await fake.send_interaction(payload)
+    iid = int(payload["id"])
+    assert (await fake.wait_for_callback(iid, timeout=10)).type == 5, bot.text
+    await fake.wait_until(
+        lambda: bool(sim.requests) and "Generating" in (fake.original(iid).content or ""),
+        timeout=10,
+        what="the job generating",
+    )
+    return iid
+
+
+async def job_and_reservation(store: Store, user_id: int) -> tuple[Any, str | None]:
+    (job,) = await store.history(user_id)
+    async with store.read() as tx:
+        reservation = await tx.reservation(job.id)
+    return job, None if reservation is None else str(reservation.state)
+
+
+async def test_killed_mid_job_then_restarted_marks_it_interrupted_refunds_and_tells_the_channel(
+    tmp_path: Path,
+) -> None:
+    async with running_simulator(SLOW) as sim, FakeDiscord(token=TOKEN) as fake:
+        env = e2e_env(sim, fake, tmp_path, LOG_LEVEL="INFO")
+        async with bot_process(env) as bot:
+            await start_song_in(bot, fake, sim)
+            bot.proc.kill()
+            assert await asyncio.wait_for(bot.proc.wait(), 30) == -signal.SIGKILL
+        member = fake.user.id
+        async with opened_store(env) as store:
+            job, reservation = await job_and_reservation(store, member)
+            assert job.status == "generating" and reservation == "held"  # killed: nothing ran after
+        async with running_bot(tmp_path, fake=fake) as h:
+            job = await h.store.get_job(job.id)
+            assert job.status == "interrupted" and job.finished_at is not None
+            assert (await h.bot.services.policy.member_usage(fake.guild.id, member)).songs_used == 0
+            async with h.store.read() as tx:
+                assert str((await tx.reservation(job.id)).state) == "refunded"
+            told = [m for m in fake.channel_messages(fake.channel) if m.webhook_id is None]
+            assert len(told) == 1, [m.content for m in told]
+            assert told[0].content.startswith(f"<@{member}>") and "restarted" in told[0].content
+            assert "quota refunded" in told[0].content and "/song" in told[0].content
+            pings = told[0].pings()
+            assert pings.users == {member} and not pings.roles and not pings.everyone
+            assert "marked 1 interrupted job(s)" in h.logs.text
+
+
+async def test_sigterm_during_a_job_tells_the_member_and_leaves_nothing_half_written(tmp_path: Path) -> None:
+    async with running_simulator(SLOW) as sim, FakeDiscord(token=TOKEN) as fake:
+        env = e2e_env(sim, fake, tmp_path, LOG_LEVEL="INFO")
+        async with bot_process(env) as bot:
+            iid = await start_song_in(bot, fake, sim)
+            bot.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(bot.proc.wait(), 30) == 0, bot.text
+        text = fake.original(iid).content
+        assert text.startswith("❌ ") and RESTARTING in text, text
+        error_id = error_id_of(text)
+        assert "interrupted by shutdown" in bot.text and "Traceback" not in bot.text
+        async with opened_store(env) as store:
+            job, reservation = await job_and_reservation(store, fake.user.id)
+            assert job.status == "interrupted" and job.error_code == "shutdown" and job.error_id == error_id
+            assert job.finished_at is not None and reservation == "refunded"
+            assert await store.recover_interrupted() == []  # nothing was left for a restart to clean up
+        assert not [m for m in fake.channel_messages(fake.channel) if m.webhook_id is None]
