@@ -25,7 +25,7 @@ from services.errors import InvalidInput, PolicyRefusal, SongbotError
 from services.funmusic.request import GenerationRequest, clean_text
 from services.guild_settings import GuildSettings
 from services.jobs import JobSpec
-from services.policy import RequestContext
+from services.policy import RefusalReason, RequestContext
 
 if TYPE_CHECKING:
     from bot import SongBot
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 LYRICS_FILE_MAX_BYTES = 16 * 1024
 LYRICS_FILE_SUFFIXES = (".txt", ".lrc")
 PROMPT_OPTION_MAX = 1000
+FORMAT_CHOICES = ("mp3", "wav", "ogg")
 #: Songs one member may have queued or generating at once, so one member cannot fill the shared queue.
 MAX_JOBS_PER_MEMBER = 2
 LYRICS_FILE_TIMEOUT_S = 1.5
@@ -151,6 +152,8 @@ def resolve(options: SongOptions, guild: GuildSettings, model: str) -> tuple[Gen
     if options.private and not guild.private_allowed:
         raise InvalidInput("Private songs are turned off in this server; run /song without `private`.")
     want_format = options.format or guild.default_format
+    if want_format not in FORMAT_CHOICES:  # discord.py does not check a submitted value against the choices
+        raise InvalidInput("Format must be mp3, wav or ogg.")
     if guild.watermark == "always":
         watermark = True
     elif guild.watermark == "never":
@@ -331,6 +334,8 @@ class SongCog(commands.Cog):
         except InvalidInput as exc:
             await self._refuse(interaction, exc.user_message)
             return
+        # from here on the cleaned text (no control or zero-width characters): titles, file names, the job row
+        options = replace(options, prompt=request.prompt, lyrics=request.lyrics)
         if not private and not can_post_later(interaction):
             await self._refuse(
                 interaction,
@@ -339,66 +344,74 @@ class SongCog(commands.Cog):
             )
             return
         user = interaction.user
-        if len(services.jobs.jobs_of(user.id)) >= MAX_JOBS_PER_MEMBER:
-            await self._refuse(
-                interaction,
-                f"You already have {MAX_JOBS_PER_MEMBER} songs in progress; wait for one to finish (or cancel it).",
-            )
-            return
-        ctx = RequestContext(
-            guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id or 0,
-            user_id=user.id,
-            role_ids=member_role_ids(user),
-            is_manager=is_manager(interaction),
-            estimated_seconds=services.settings.estimated_song_seconds,
-        )
+        place = services.jobs.place(user.id)
+
+        def queue_has_room() -> bool:
+            """The policy's last step, inside its transaction: the member's share, then a place in the queue."""
+            if services.jobs.in_progress(user.id) >= MAX_JOBS_PER_MEMBER:
+                raise PolicyRefusal(
+                    RefusalReason.QUEUE_FULL,
+                    f"You already have {MAX_JOBS_PER_MEMBER} songs in progress; wait for one to finish (or cancel it).",
+                )
+            return place.queue_has_room()
+
         try:
-            admission = await services.policy.admit(
-                ctx,
-                prompt=options.prompt,
-                lyrics=options.lyrics,
-                options={**options.to_json(), "want_format": want_format, "title": title_for(options)},
-                queue_has_room=services.jobs.queue_has_room,
+            ctx = RequestContext(
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id or 0,
+                user_id=user.id,
+                role_ids=member_role_ids(user),
+                is_manager=is_manager(interaction),
+                estimated_seconds=services.settings.estimated_song_seconds,
             )
-        except PolicyRefusal as refusal:
-            await self._refuse(interaction, refusal_text(refusal))
-            return
-        job_id: int = admission.job_id
-        try:
-            await interaction.response.defer(thinking=True, ephemeral=private)
-        except discord.HTTPException as exc:
-            log.warning("job %s: could not defer (%s); refunding", job_id, exc)
-            await services.policy.refund(job_id)
-            await services.store.transition(job_id, "failed", error_code="defer")
-            return
-        song_ctx = SongContext(
-            job_id=job_id,
-            user_id=user.id,
-            user_name=user.display_name,
-            channel_id=interaction.channel_id or 0,
-            guild_id=interaction.guild_id,
-            request=request,
-            want_format=want_format,
-            private=private,
-            title=title_for(options),
-            max_bytes=interaction.filesize_limit,
-        )
-        observer = DiscordJobObserver(
-            interaction, song_ctx, cancel_button=CancelButton, regenerate_button=RegenerateButton
-        )
-        spec = JobSpec(
-            job_id=job_id,
-            guild_id=interaction.guild_id,
-            user_id=user.id,
-            request=request,
-            want_format=want_format,
-            max_bytes=interaction.filesize_limit,
-            tags=Tags(title=song_ctx.title, artist="songbot (Fun-Music)", lyrics=""),
-            guild_limit=guild_settings.max_concurrent,
-        )
-        services.jobs.submit(spec, observer)
-        log.info("job %s accepted for user %s in guild %s", job_id, user.id, interaction.guild_id)
+            try:
+                admission = await services.policy.admit(
+                    ctx,
+                    prompt=options.prompt,
+                    lyrics=options.lyrics,
+                    options={**options.to_json(), "want_format": want_format, "title": title_for(options)},
+                    queue_has_room=queue_has_room,
+                )
+            except PolicyRefusal as refusal:
+                await self._refuse(interaction, refusal_text(refusal))
+                return
+            job_id: int = admission.job_id
+            try:
+                await interaction.response.defer(thinking=True, ephemeral=private)
+            except discord.HTTPException as exc:
+                log.warning("job %s: could not defer (%s); refunding", job_id, exc)
+                await services.policy.refund(job_id)
+                await services.store.transition(job_id, "failed", error_code="defer")
+                return
+            song_ctx = SongContext(
+                job_id=job_id,
+                user_id=user.id,
+                user_name=user.display_name,
+                channel_id=interaction.channel_id or 0,
+                guild_id=interaction.guild_id,
+                request=request,
+                want_format=want_format,
+                private=private,
+                title=title_for(options),
+                max_bytes=interaction.filesize_limit,
+            )
+            observer = DiscordJobObserver(
+                interaction, song_ctx, cancel_button=CancelButton, regenerate_button=RegenerateButton
+            )
+            spec = JobSpec(
+                job_id=job_id,
+                guild_id=interaction.guild_id,
+                user_id=user.id,
+                request=request,
+                want_format=want_format,
+                max_bytes=interaction.filesize_limit,
+                tags=Tags(title=song_ctx.title, artist="songbot (Fun-Music)", lyrics=""),
+                guild_limit=guild_settings.max_concurrent,
+            )
+            services.jobs.submit(spec, observer)
+            log.info("job %s accepted for user %s in guild %s", job_id, user.id, interaction.guild_id)
+        finally:
+            place.release()
 
     async def _refuse(self, interaction: discord.Interaction, text: str) -> None:
         """An ephemeral answer that costs nothing; edits instead if the interaction was already answered."""

@@ -119,6 +119,33 @@ class JobSpec:
     guild_limit: int
 
 
+class Place:
+    """A request's claim on the queue while it is admitted: claimed inside ``Policy.admit``'s write transaction
+    (which excludes other admissions) and held until :meth:`JobManager.submit`, across the awaits in between (the
+    commit, the defer). Concurrent requests count it, so a burst can neither overfill the queue nor give one
+    member more than their share. ``release`` it once the job is submitted or the request refused."""
+
+    def __init__(self, manager: JobManager, user_id: int) -> None:
+        self._manager = manager
+        self.user_id = user_id
+        self.claimed = False
+
+    def queue_has_room(self) -> bool:
+        """For ``Policy.admit``: if the queue has room, claim a place in it."""
+        if not self.claimed and self._manager.queue_has_room():
+            self.claimed = True
+            self._manager._claims[self.user_id] += 1
+        return self.claimed
+
+    def release(self) -> None:
+        """Give the claim back (after ``submit``, or when the request was refused). Idempotent."""
+        if self.claimed:
+            self.claimed = False
+            self._manager._claims[self.user_id] -= 1
+            if self._manager._claims[self.user_id] <= 0:
+                del self._manager._claims[self.user_id]
+
+
 @dataclass(eq=False)
 class _Entry:
     spec: JobSpec
@@ -155,14 +182,14 @@ class JobManager:
         self._running: dict[int, _Entry] = {}
         self._per_guild: Counter[int | None] = Counter()
         self._entries: dict[int, _Entry] = {}
+        self._claims: Counter[int] = Counter()  # places claimed by requests being admitted, per member (Place)
         self._closing = False
 
     # --- queries -------------------------------------------------------------------------------------------------
     def queue_has_room(self) -> bool:
         """True while a new job could start now or wait in the queue."""
-        return not self._closing and len(self._waiting) < self._queue_size + max(
-            0, self._max_concurrent - len(self._running)
-        )
+        waiting = len(self._waiting) + self._claims.total()
+        return not self._closing and waiting < self._queue_size + max(0, self._max_concurrent - len(self._running))
 
     def stage_of(self, job_id: int) -> str | None:
         entry = self._entries.get(job_id)
@@ -183,6 +210,14 @@ class JobManager:
     def jobs_of(self, user_id: int) -> list[int]:
         return [job_id for job_id, entry in self._entries.items() if entry.spec.user_id == user_id]
 
+    def in_progress(self, user_id: int) -> int:
+        """A member's songs queued or generating, counting requests still being admitted (see Place)."""
+        return len(self.jobs_of(user_id)) + self._claims[user_id]
+
+    def place(self, user_id: int) -> Place:
+        """An unclaimed place for a new request of this member; pass its ``queue_has_room`` to the policy."""
+        return Place(self, user_id)
+
     # --- commands ------------------------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, observer: JobObserver) -> asyncio.Task[None]:
         """Queue a job that policy already admitted (quota reserved). Returns the task that runs it."""
@@ -200,6 +235,9 @@ class JobManager:
         entry = self._entries.get(job_id)
         if entry is None or entry.task is None or entry.stage not in ("accepted", "queued", "generating"):
             return False
+        if entry.cancel_requested:
+            # a second task.cancel() would interrupt the job's own clean-up and leave the member without a word
+            return True
         entry.cancel_requested = True
         entry.cancelled_by = by_user_id
         entry.task.cancel()
