@@ -422,6 +422,7 @@ class FunMusicClient:
             total_deadline_s=settings.total_deadline_s,
             download_max_bytes=settings.download_max_bytes,
             limiter=RateLimiter(settings.requests_per_minute, 60.0),
+            backoff_base_s=settings.retry_backoff_s,
         )
 
     def __repr__(self) -> str:
