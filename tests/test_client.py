@@ -670,3 +670,32 @@ async def test_client_takes_a_limiter_slot_per_post(
     simulator.scenario = Scenario(pre_error="InternalError", pre_error_times=1)
     await make_client(http_session, simulator, limiter=limiter).generate(prompt(), out_dir=tmp_path)
     assert len(limiter._stamps) == 2
+
+
+async def test_cancelling_mid_stream_leaves_no_file(
+    client: FunMusicClient, simulator: FunMusicSimulator, tmp_path: Path
+) -> None:
+    simulator.scenario = Scenario(chunk_bytes=16384, chunk_delay_s=0.02)
+    started = asyncio.Event()
+
+    async def on_progress(p: Progress) -> None:
+        if p.stage == "generating":
+            started.set()
+
+    task = asyncio.create_task(client.generate(prompt("wav"), out_dir=tmp_path, on_progress=on_progress))
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await files_in(tmp_path) == []
+
+
+async def test_a_failing_progress_callback_does_not_fail_the_song(
+    client: FunMusicClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def on_progress(_p: Progress) -> None:
+        raise RuntimeError("the message to edit is gone")
+
+    result = await client.generate(prompt(), out_dir=tmp_path, on_progress=on_progress)
+    assert abs(result.duration_s - 4.0) < 0.1
+    assert "progress callback failed" in caplog.text
