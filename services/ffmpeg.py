@@ -33,10 +33,15 @@ def ffmpeg_exe() -> str:
     return str(imageio_ffmpeg.get_ffmpeg_exe())
 
 
+async def ffmpeg_path() -> str:
+    """:func:`ffmpeg_exe` without blocking the loop: the first lookup searches PATH and the wheel (file stats)."""
+    return await asyncio.to_thread(ffmpeg_exe)
+
+
 async def run_ffmpeg(*args: str, stdin: bytes | None = None, timeout: float = 300.0) -> bytes:
     """Run ffmpeg as a subprocess (never on the loop) and return its stdout. Raises :class:`FfmpegError`."""
     proc = await asyncio.create_subprocess_exec(
-        ffmpeg_exe(),
+        await ffmpeg_path(),
         "-hide_banner",
         "-nostdin" if stdin is None else "-y",
         *args,
@@ -117,7 +122,7 @@ async def probe_audio(path: Path | str) -> AudioInfo:
     so decoding is the honest measure. Raises :class:`FfmpegError` if the file does not decode.
     """
     proc = await asyncio.create_subprocess_exec(
-        ffmpeg_exe(),
+        await ffmpeg_path(),
         "-hide_banner",
         "-nostdin",
         "-v",
