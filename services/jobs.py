@@ -376,7 +376,7 @@ class JobManager:
             error = ShuttingDown("bot shutting down")
             await self._finish(entry, "interrupted", error_code="shutdown", error_id=error.error_id)
             await _quietly(entry.observer.failed(error))
-            log.info("job %s interrupted by shutdown; quota refunded", job_id)
+            log.info("job %s interrupted by shutdown [error %s]; quota refunded", job_id, error.error_id)
             return
         await self._finish(entry, "cancelled", error_code="cancelled")
         await _quietly(entry.observer.cancelled(entry.cancelled_by))
