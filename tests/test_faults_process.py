@@ -147,7 +147,7 @@ async def test_sigterm_during_a_job_tells_the_member_and_leaves_nothing_half_wri
         text = fake.original(iid).content
         assert text.startswith("❌ ") and RESTARTING in text, text
         error_id = error_id_of(text)
-        assert "interrupted by shutdown" in bot.text and "Traceback" not in bot.text
+        assert f"interrupted by shutdown [error {error_id}]" in bot.text and "Traceback" not in bot.text
         async with opened_store(env) as store:
             job, reservation = await job_and_reservation(store, fake.user.id)
             assert job.status == "interrupted" and job.error_code == "shutdown" and job.error_id == error_id
