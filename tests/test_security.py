@@ -15,14 +15,18 @@ import asyncio
 import json
 import logging
 import re
+import time
 import unicodedata
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from blockbuster import BlockingError
 
+from cogs._delivery import DiscordJobObserver
 from cogs.song import MAX_JOBS_PER_MEMBER
 from services.errors import DownloadError
 from services.funmusic.client import FunMusicClient
@@ -36,6 +40,7 @@ from tests.e2e import TOKEN, Harness, running_bot
 from tests.fakes.discord_rest import Recorded
 from tests.fakes.payloads import MEMBER_PERMISSIONS, MODERATOR_PERMISSIONS, Perm
 from tests.sim_fixtures import SIM_KEY, make_client
+from tests.watchdog import Findings, guarding, watching_loop
 
 simulator, http_session = sim_fixtures.simulator, sim_fixtures.http_session
 
@@ -545,3 +550,60 @@ async def test_spamming_regenerate_counts_against_the_quota(tmp_path: Path) -> N
         assert (await h.wait_final(int(accepted[0]["id"]))).attachments
         assert len(h.sim.requests) == 2
         assert await _songs_used(h, h.fake.user.id) == 2
+
+
+# --- event loop guards (tests/watchdog.py) ----------------------------------------------------------------------
+
+
+def _block_the_loop() -> None:
+    time.sleep(0.001)  # blockbuster raises here
+
+
+def _warn() -> None:
+    warnings.warn("an old API", DeprecationWarning, stacklevel=1)  # filterwarnings=error raises here
+
+
+def _spin() -> None:
+    """CPU work on the loop: no blocking call for blockbuster to see."""
+    end = time.perf_counter() + 0.25
+    while time.perf_counter() < end:
+        pass
+
+
+def _observer_stage_doing(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
+    original = DiscordJobObserver.stage
+
+    async def stage(self: DiscordJobObserver, stage: str, progress: Any) -> None:
+        action()
+        await original(self, stage, progress)
+
+    monkeypatch.setattr(DiscordJobObserver, "stage", stage)
+
+
+async def test_guards_catch_what_the_bot_swallows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blocking call or a warning inside one of the bot's tasks becomes "something went wrong" for the member and
+    a log line: with blockbuster alone, a test that waits for an answer passes. tests/watchdog.py records both."""
+    this_test = test_guards_catch_what_the_bot_swallows.__code__
+    async with running_bot(tmp_path) as h:
+        await h.configure(cooldown=0)
+        for action, expected in ((_block_the_loop, "blocking call to time.sleep"), (_warn, "DeprecationWarning")):
+            _observer_stage_doing(monkeypatch, action)
+            with guarding(Findings(), this_test) as findings:
+                final = await h.wait_final(await h.song({"prompt": PROMPT}))
+            assert final.content.startswith("❌")  # swallowed: the member got an error and the test went on
+            assert any(expected in item for item in findings.items), findings.items
+            assert any("in stage" in item for item in findings.items), findings.items  # where it happened
+        # and an expected BlockingError in the test's own stack (pytest.raises) is not a finding
+        with guarding(Findings(), this_test) as findings, pytest.raises(BlockingError):
+            _block_the_loop()
+        assert findings.items == []
+
+
+async def test_the_loop_watchdog_names_cpu_work_on_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _observer_stage_doing(monkeypatch, _spin)
+    findings = Findings()
+    async with running_bot(tmp_path) as h:
+        async with watching_loop(findings, threshold_s=0.1):
+            final = await h.wait_final(await h.song({"prompt": PROMPT}))
+    assert final.attachments  # blockbuster saw nothing: the song went out
+    assert findings.items and all("_spin" in item for item in findings.items), findings.items
