@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,17 +25,22 @@ from tests.e2e import (
     switch_scenario_at,
     wait_for_job,
 )
+from tests.fakes.discord_rest import StoredMessage
 
 PROMPT = "a gentle acoustic song about rain on a tin roof"
 #: 5–199 words of lyrics make the request non-streaming: the audio then comes from a download url.
 SHORT_LYRICS = "[verse]\nRain on the roof tonight,\nsoft and slow and bright,\n[chorus]\nsing along with me\n"
-SONG = dict(duration_s=2.0)
+
+
+def song(**faults: Any) -> Scenario:
+    """A 2 s song from the simulator, with `faults` (Scenario fields) switched on."""
+    return Scenario(duration_s=2.0, **faults)
 
 
 async def failed_song(h: Harness, iid: int, *words: str, requests: int | None = None) -> str:
     """The member's failure message: in words, with an error id that is also in the log and on the job row.
     The job is failed and refunded. Returns the text."""
-    final = await h.wait_final(iid)
+    final: StoredMessage = await h.wait_final(iid)
     text = final.content
     assert text.startswith("❌ "), text
     for word in words:
@@ -52,9 +58,9 @@ async def failed_song(h: Harness, iid: int, *words: str, requests: int | None = 
     return text
 
 
-async def delivered_song(h: Harness, iid: int) -> object:
+async def delivered_song(h: Harness, iid: int) -> StoredMessage:
     """The finished song on the original response; the job delivered and its quota spent (committed)."""
-    final = await h.wait_final(iid)
+    final: StoredMessage = await h.wait_final(iid)
     assert [a for a in final.attachments if a.filename.endswith(".mp3")], final.content
     job = await h.wait_job_status((await wait_for_job(h)).id, "delivered")
     assert await reservation_state(h, job.id) == "committed"
@@ -69,7 +75,7 @@ async def lyrics_upload(h: Harness) -> dict[str, object]:
 
 
 async def test_429_then_success_is_retried_and_delivered(tmp_path: Path) -> None:
-    scenario = Scenario(pre_error="Throttling", pre_error_times=1, **SONG)
+    scenario = song(pre_error="Throttling", pre_error_times=1)
     async with running_bot(tmp_path, scenario=scenario) as h:
         iid = await h.song({"prompt": PROMPT})
         await delivered_song(h, iid)
@@ -78,14 +84,14 @@ async def test_429_then_success_is_retried_and_delivered(tmp_path: Path) -> None
 
 
 async def test_429_until_retries_run_out_says_busy_try_again_later(tmp_path: Path) -> None:
-    async with running_bot(tmp_path, scenario=Scenario(pre_error="Throttling", **SONG)) as h:
+    async with running_bot(tmp_path, scenario=song(pre_error="Throttling")) as h:
         iid = await h.song({"prompt": PROMPT})
         text = await failed_song(h, iid, "busy", "try again <t:", requests=3)
         assert ":R>" in text
 
 
 async def test_500_is_retried_then_reported(tmp_path: Path) -> None:
-    async with running_bot(tmp_path, scenario=Scenario(pre_error="InternalError", **SONG)) as h:
+    async with running_bot(tmp_path, scenario=song(pre_error="InternalError")) as h:
         iid = await h.song({"prompt": PROMPT})
         await failed_song(h, iid, "internal error", "try again later", requests=3)
 
@@ -93,7 +99,7 @@ async def test_500_is_retried_then_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize("code", ["InvalidApiKey", "AccessDenied", "Arrearage"])
 async def test_auth_and_account_errors_tell_the_operator_not_retried(tmp_path: Path, code: str) -> None:
     """401, 403 and an account in arrears are the operator's to fix: one request, no retry, an ERROR log line."""
-    async with running_bot(tmp_path, scenario=Scenario(pre_error=code, **SONG)) as h:
+    async with running_bot(tmp_path, scenario=song(pre_error=code)) as h:
         iid = await h.song({"prompt": PROMPT})
         text = await failed_song(h, iid, "misconfigured", "operator has been told", requests=1)
         error_id = error_id_of(text)
@@ -102,7 +108,7 @@ async def test_auth_and_account_errors_tell_the_operator_not_retried(tmp_path: P
 
 
 async def test_arrearage_as_an_sse_error_block_tells_the_operator(tmp_path: Path) -> None:
-    async with running_bot(tmp_path, scenario=Scenario(pre_error_sse=True, **SONG)) as h:
+    async with running_bot(tmp_path, scenario=song(pre_error_sse=True)) as h:
         iid = await h.song({"prompt": PROMPT})
         await failed_song(h, iid, "misconfigured", requests=1)
 
@@ -110,9 +116,9 @@ async def test_arrearage_as_an_sse_error_block_tells_the_operator(tmp_path: Path
 @pytest.mark.parametrize("where", ["before the stream", "mid-stream"])
 async def test_moderation_rejection_says_change_the_text(tmp_path: Path, where: str) -> None:
     if where == "before the stream":
-        scenario = Scenario(pre_error="DataInspectionFailed", **SONG)
+        scenario = song(pre_error="DataInspectionFailed")
     else:
-        scenario = Scenario(mid_error="DataInspectionFailed", mid_error_after_chunks=1, chunk_bytes=8192, **SONG)
+        scenario = song(mid_error="DataInspectionFailed", mid_error_after_chunks=1, chunk_bytes=8192)
     async with running_bot(tmp_path, scenario=scenario) as h:
         iid = await h.song({"prompt": PROMPT})
         await failed_song(h, iid, "moderation rejected", "Change the prompt or lyrics", requests=1)
@@ -149,15 +155,15 @@ async def test_connection_dropped_before_any_answer(tmp_path: Path) -> None:
 
 
 async def test_connection_dropped_after_headers_before_the_first_chunk(tmp_path: Path) -> None:
-    async with running_bot(tmp_path, scenario=Scenario(drop_after_chunks=0, **SONG)) as h:
+    async with running_bot(tmp_path, scenario=song(drop_after_chunks=0)) as h:
         iid = await h.song({"prompt": PROMPT})
         await failed_song(h, iid, "try again", requests=3)
 
 
 async def test_connection_dropped_after_the_first_chunk_is_retried_whole(tmp_path: Path) -> None:
-    scenario = Scenario(drop_after_chunks=1, chunk_bytes=8192, **SONG)
+    scenario = song(drop_after_chunks=1, chunk_bytes=8192)
     async with running_bot(tmp_path, scenario=scenario) as h:
-        switch_scenario_at(h.sim, 2, Scenario(**SONG))
+        switch_scenario_at(h.sim, 2, song())
         iid = await h.song({"prompt": PROMPT})
         await delivered_song(h, iid)
         assert len(h.sim.requests) == 2
@@ -165,14 +171,14 @@ async def test_connection_dropped_after_the_first_chunk_is_retried_whole(tmp_pat
 
 
 async def test_connection_dropped_after_the_first_chunk_every_time(tmp_path: Path) -> None:
-    scenario = Scenario(drop_after_chunks=1, chunk_bytes=8192, **SONG)
+    scenario = song(drop_after_chunks=1, chunk_bytes=8192)
     async with running_bot(tmp_path, scenario=scenario) as h:
         iid = await h.song({"prompt": PROMPT})
         await failed_song(h, iid, "stopped sending the song part-way", requests=3)
 
 
 async def test_stall_longer_than_the_idle_timeout_took_too_long(tmp_path: Path) -> None:
-    scenario = Scenario(stall_after_chunks=1, stall_s=5.0, chunk_bytes=8192, **SONG)
+    scenario = song(stall_after_chunks=1, stall_s=5.0, chunk_bytes=8192)
     async with running_bot(tmp_path, scenario=scenario, SONGBOT_IDLE_TIMEOUT="0.5", SONGBOT_MAX_RETRIES="1") as h:
         iid = await h.song({"prompt": PROMPT})
         await failed_song(h, iid, "took too long", requests=2)
@@ -191,30 +197,30 @@ async def test_stall_longer_than_the_idle_timeout_took_too_long(tmp_path: Path) 
     ids=["malformed-sse-line", "invalid-base64", "no-stop"],
 )
 async def test_broken_stream_is_retried_then_reported(tmp_path: Path, fault: dict[str, object]) -> None:
-    scenario = Scenario(chunk_bytes=8192, **SONG, **fault)  # type: ignore[arg-type]
+    scenario = song(chunk_bytes=8192, **fault)
     async with running_bot(tmp_path, scenario=scenario) as h:
         iid = await h.song({"prompt": PROMPT})
         await failed_song(h, iid, "stopped sending the song part-way", "try again", requests=3)
 
 
 async def test_broken_stream_once_then_a_clean_retry_delivers(tmp_path: Path) -> None:
-    async with running_bot(tmp_path, scenario=Scenario(invalid_base64_at_chunk=1, chunk_bytes=8192, **SONG)) as h:
-        switch_scenario_at(h.sim, 2, Scenario(**SONG))
+    async with running_bot(tmp_path, scenario=song(invalid_base64_at_chunk=1, chunk_bytes=8192)) as h:
+        switch_scenario_at(h.sim, 2, song())
         iid = await h.song({"prompt": PROMPT})
         await delivered_song(h, iid)
         assert len(h.sim.requests) == 2
 
 
 async def test_final_event_without_lyrics_or_url_still_delivers(tmp_path: Path) -> None:
-    async with running_bot(tmp_path, scenario=Scenario(omit_lyrics=True, omit_url=True, **SONG)) as h:
+    async with running_bot(tmp_path, scenario=song(omit_lyrics=True, omit_url=True)) as h:
         iid = await h.song({"prompt": PROMPT})
         final = await delivered_song(h, iid)
-        names = [a.filename for a in final.attachments]  # type: ignore[attr-defined]
+        names = [a.filename for a in final.attachments]
         assert "lyrics.txt" not in names and any(n.endswith(".mp3") for n in names)
 
 
 async def test_huge_data_line_is_read_and_delivered(tmp_path: Path) -> None:
-    async with running_bot(tmp_path, scenario=Scenario(huge_line=True, **SONG)) as h:
+    async with running_bot(tmp_path, scenario=song(huge_line=True)) as h:
         iid = await h.song({"prompt": PROMPT})
         await delivered_song(h, iid)
         assert len(h.sim.requests) == 1
@@ -224,7 +230,7 @@ async def test_huge_data_line_is_read_and_delivered(tmp_path: Path) -> None:
 
 
 async def test_non_streaming_download_timing_out(tmp_path: Path) -> None:
-    scenario = Scenario(download_delay_s=5.0, **SONG)
+    scenario = song(download_delay_s=5.0)
     async with running_bot(tmp_path, scenario=scenario, SONGBOT_IDLE_TIMEOUT="0.5", SONGBOT_MAX_RETRIES="1") as h:
         iid = await h.song(await lyrics_upload(h))
         await failed_song(h, iid, "could not be downloaded", requests=1)
@@ -233,7 +239,7 @@ async def test_non_streaming_download_timing_out(tmp_path: Path) -> None:
 
 
 async def test_non_streaming_download_answering_404(tmp_path: Path) -> None:
-    async with running_bot(tmp_path, scenario=Scenario(download_status=404, **SONG)) as h:
+    async with running_bot(tmp_path, scenario=song(download_status=404)) as h:
         iid = await h.song(await lyrics_upload(h))
         await failed_song(h, iid, "could not be downloaded", requests=1)
         assert h.sim.requests[0]["sse"] is False and len(h.sim.downloads) == 1
@@ -241,7 +247,7 @@ async def test_non_streaming_download_answering_404(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 async def test_non_streaming_download_over_the_cap(tmp_path: Path, chunked: bool) -> None:
-    scenario = Scenario(download_chunked=chunked, **SONG)
+    scenario = song(download_chunked=chunked)
     async with running_bot(tmp_path, scenario=scenario, SONGBOT_DOWNLOAD_MAX_BYTES="4096") as h:
         iid = await h.song(await lyrics_upload(h))
         await failed_song(h, iid, "could not be downloaded", requests=1)
@@ -250,8 +256,8 @@ async def test_non_streaming_download_over_the_cap(tmp_path: Path, chunked: bool
 
 async def test_non_streaming_download_delivers(tmp_path: Path) -> None:
     """The control for the three above: the same request with a well-behaved url delivers."""
-    async with running_bot(tmp_path, scenario=Scenario(**SONG)) as h:
+    async with running_bot(tmp_path, scenario=song()) as h:
         iid = await h.song(await lyrics_upload(h))
         final = await delivered_song(h, iid)
         assert h.sim.requests[0]["sse"] is False and len(h.sim.downloads) == 1
-        assert "Rain on the roof" in final.attachment("lyrics.txt").data.decode()  # type: ignore[attr-defined]
+        assert "Rain on the roof" in final.attachment("lyrics.txt").data.decode()

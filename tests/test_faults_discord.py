@@ -10,23 +10,33 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import discord
 
 from services.ffmpeg import probe_audio
 from services.simulator import Scenario
 from tests.e2e import Harness, assert_refunded, error_id_of, reservation_state, running_bot, wait_for_job
-from tests.fakes.discord_rest import StoredMessage
+from tests.fakes.discord_rest import StoredAttachment, StoredMessage
 from tests.fakes.payloads import BOT_PERMISSIONS, Perm
 
 PROMPT = "a slow jazz waltz about an old lighthouse keeper"
-SONG = dict(duration_s=2.0)
-#: A stream that lasts about 4 s: long enough for a few progress edits.
-SLOW = dict(duration_s=2.0, chunk_bytes=2048, chunk_delay_s=0.25)
+
+
+def song(**faults: Any) -> Scenario:
+    """A 2 s song from the simulator, with `faults` (Scenario fields) switched on."""
+    return Scenario(duration_s=2.0, **faults)
+
+
+def slow(**faults: Any) -> Scenario:
+    """A 2 s song streamed over about 4 s: long enough for a few progress edits."""
+    return Scenario(duration_s=2.0, chunk_bytes=2048, chunk_delay_s=0.25, **faults)
+
+
 ORIGINAL = r"/messages/@original$"
 
 
-def audio_of(message: StoredMessage) -> list[object]:
+def audio_of(message: StoredMessage) -> list[StoredAttachment]:
     return [a for a in message.attachments if a.filename.endswith((".mp3", ".wav", ".ogg"))]
 
 
@@ -36,7 +46,7 @@ async def decoded_seconds(tmp_path: Path, data: bytes, name: str) -> float:
     return (await probe_audio(path)).duration_s
 
 
-async def delivered(h: Harness, how_channel: int | None = None) -> object:
+async def delivered(h: Harness, how_channel: int | None = None) -> Any:
     job = await wait_for_job(h)
     job = await h.wait_job_status(job.id, "delivered", "failed")
     assert job.status == "delivered", (job.status, job.error_code)
@@ -52,7 +62,7 @@ async def delivered(h: Harness, how_channel: int | None = None) -> object:
 async def test_late_callback_10062_is_logged_refunded_and_the_bot_keeps_working(tmp_path: Path) -> None:
     """Discord answers a defer later than 3 s with 10062: nobody can be told on that interaction; the job is
     failed, its quota refunded, no song is paid for, and the next /song works."""
-    async with running_bot(tmp_path, scenario=Scenario(**SONG)) as h:
+    async with running_bot(tmp_path, scenario=song()) as h:
         late = discord.utils.utcnow() - timedelta(seconds=5)
         iid = await h.song({"prompt": PROMPT}, created_at=late)
         await h.fake.wait_for_request("POST", r"/callback$", status=404)
@@ -73,7 +83,7 @@ async def test_late_callback_10062_is_logged_refunded_and_the_bot_keeps_working(
 async def test_progress_edits_under_a_rate_limit_are_slowed_and_the_song_delivered(tmp_path: Path) -> None:
     """A per-route limit of 1 edit per 3 s on @original (announced with X-RateLimit-* and 429s with Via, as
     Discord sends them): discord.py waits them out, the bot's progress edits queue behind, and the song arrives."""
-    async with running_bot(tmp_path, scenario=Scenario(**SLOW)) as h:
+    async with running_bot(tmp_path, scenario=slow()) as h:
         bucket = h.fake.limit_bucket("PATCH", ORIGINAL, limit=1, per=3.0)
         iid = await h.song({"prompt": PROMPT})
         final = await h.wait_final(iid, timeout=30)
@@ -89,7 +99,7 @@ async def test_a_bare_429_on_a_progress_edit_doubles_the_interval_and_the_song_i
 ) -> None:
     """A 429 without Discord's Via header reaches the bot as an error (discord.py does not retry it): the
     progress editor backs off to one edit per 5 s instead of failing the job."""
-    async with running_bot(tmp_path, scenario=Scenario(**SLOW)) as h:
+    async with running_bot(tmp_path, scenario=slow()) as h:
         h.fake.fail_next("PATCH", ORIGINAL, 429, via=False, retry_after=1.0)
         iid = await h.song({"prompt": PROMPT})
         final = await h.wait_final(iid)
@@ -103,7 +113,7 @@ async def test_a_bare_429_on_a_progress_edit_doubles_the_interval_and_the_song_i
 async def test_every_edit_answered_429_still_gets_the_song_to_the_member(tmp_path: Path) -> None:
     """@original answers every edit with a bare 429: progress backs off, and the finished song is posted in the
     channel (bot token, mentioning the requester) instead of being lost."""
-    async with running_bot(tmp_path, scenario=Scenario(**SONG)) as h:
+    async with running_bot(tmp_path, scenario=song()) as h:
         h.fake.fail_next("PATCH", ORIGINAL, 429, via=False, times=None, retry_after=1.0)
         await h.song({"prompt": PROMPT})
         job = await delivered(h, how_channel=h.fake.channel.id)
@@ -118,7 +128,7 @@ async def test_every_edit_answered_429_still_gets_the_song_to_the_member(tmp_pat
 async def test_413_on_the_upload_is_retried_with_a_smaller_file(tmp_path: Path) -> None:
     """Discord refuses the upload although the interaction's limit said it fits (the real limit is lower):
     the audio is fitted again, smaller, and delivered in the same message."""
-    async with running_bot(tmp_path, scenario=Scenario(**SONG)) as h:
+    async with running_bot(tmp_path, scenario=song()) as h:
         iid = await h.song({"prompt": PROMPT})
         await h.fake.wait_for_callback(iid)
         full = len(await _sim_audio(h))
@@ -127,8 +137,8 @@ async def test_413_on_the_upload_is_retried_with_a_smaller_file(tmp_path: Path) 
         refused = [r for r in h.fake.find_requests("PATCH", ORIGINAL) if r.status == 413]
         assert refused and refused[0].code == 40005
         (audio,) = audio_of(final)
-        assert audio.size <= full * 0.85 < full  # type: ignore[attr-defined]
-        seconds = await decoded_seconds(tmp_path, audio.data, audio.filename)  # type: ignore[attr-defined]
+        assert audio.size <= full * 0.85 < full
+        seconds = await decoded_seconds(tmp_path, audio.data, audio.filename)
         assert abs(seconds - 2.0) < 0.2
         assert "refused (413); fitting smaller" in h.logs.text
         await delivered(h)
@@ -136,7 +146,7 @@ async def test_413_on_the_upload_is_retried_with_a_smaller_file(tmp_path: Path) 
 
 async def test_413_on_every_audio_upload_ends_with_the_link_and_its_expiry(tmp_path: Path) -> None:
     """Discord refuses any audio the bot can make: the song arrives as lyrics and the url with its expiry."""
-    async with running_bot(tmp_path, scenario=Scenario(**SONG)) as h:
+    async with running_bot(tmp_path, scenario=song()) as h:
         iid = await h.song({"prompt": PROMPT})
         await h.fake.wait_for_callback(iid)
         h.fake.interaction(iid).size_limit = 2000  # below the smallest mp3 of a 2 s song
@@ -169,7 +179,7 @@ def assert_mentions_only(message: StoredMessage, user_id: int) -> None:
 
 
 async def test_expired_token_posts_the_song_in_the_channel_mentioning_only_the_requester(tmp_path: Path) -> None:
-    async with running_bot(tmp_path, scenario=Scenario(**SLOW)) as h:
+    async with running_bot(tmp_path, scenario=slow()) as h:
         iid = await h.song({"prompt": "a song for @everyone and <@&1234>"})
         await h.fake.wait_for_request("PATCH", ORIGINAL, status=200)  # a first progress edit
         h.fake.expire_token(iid)
@@ -186,7 +196,7 @@ async def test_expired_token_posts_the_song_in_the_channel_mentioning_only_the_r
 
 
 async def test_failure_after_the_token_expired_is_told_in_the_channel(tmp_path: Path) -> None:
-    scenario = Scenario(mid_error="DataInspectionFailed", mid_error_after_chunks=8, **SLOW)
+    scenario = slow(mid_error="DataInspectionFailed", mid_error_after_chunks=8)
     async with running_bot(tmp_path, scenario=scenario) as h:
         iid = await h.song({"prompt": PROMPT})
         await h.fake.wait_for_request("PATCH", ORIGINAL, status=200)
@@ -203,7 +213,7 @@ async def test_failure_after_the_token_expired_is_told_in_the_channel(tmp_path: 
 
 
 async def test_no_permission_in_the_channel_after_expiry_delivers_by_dm(tmp_path: Path) -> None:
-    async with running_bot(tmp_path, scenario=Scenario(**SLOW)) as h:
+    async with running_bot(tmp_path, scenario=slow()) as h:
         iid = await h.song({"prompt": PROMPT})
         await h.fake.wait_for_request("PATCH", ORIGINAL, status=200)
         h.fake.expire_token(iid)
@@ -219,7 +229,7 @@ async def test_no_permission_in_the_channel_after_expiry_delivers_by_dm(tmp_path
 
 
 async def test_no_channel_and_closed_dms_is_a_logged_clear_failure(tmp_path: Path) -> None:
-    async with running_bot(tmp_path, scenario=Scenario(**SLOW)) as h:
+    async with running_bot(tmp_path, scenario=slow()) as h:
         iid = await h.song({"prompt": PROMPT})
         await h.fake.wait_for_request("PATCH", ORIGINAL, status=200)
         h.fake.expire_token(iid)
@@ -239,7 +249,7 @@ async def test_no_channel_and_closed_dms_is_a_logged_clear_failure(tmp_path: Pat
 
 
 async def test_gateway_drop_and_resume_mid_job_still_delivers(tmp_path: Path) -> None:
-    async with running_bot(tmp_path, scenario=Scenario(**SLOW)) as h:
+    async with running_bot(tmp_path, scenario=slow()) as h:
         await h.configure(cooldown=0)
         iid = await h.song({"prompt": PROMPT})
         await h.fake.wait_for_request("PATCH", ORIGINAL, status=200)
@@ -250,6 +260,6 @@ async def test_gateway_drop_and_resume_mid_job_still_delivers(tmp_path: Path) ->
         await h.fake.wait_until(lambda: h.fake.gateway.resume_count >= 1 and h.fake.gateway.connected)
         assert h.fake.gateway.identify_count == 1
         # the resumed session still takes commands
-        h.sim.scenario = Scenario(**SONG)
+        h.sim.scenario = song()
         again = await h.song({"prompt": PROMPT})
         assert audio_of(await h.wait_final(again))

@@ -87,6 +87,12 @@ async def opened_store(env: Mapping[str, str]) -> AsyncIterator[Store]:
         await store.close()
 
 
+def shown(fake: FakeDiscord, iid: int) -> str:
+    """What the member sees on the interaction's original response now."""
+    message = fake.original(iid)
+    return message.content if message is not None else ""
+
+
 async def start_song_in(bot: BotProcess, fake: FakeDiscord, sim: Any) -> int:
     """Send /song to the child bot and wait until it is generating (the simulator is streaming to it)."""
     await fake.wait_connected(timeout=30)
@@ -95,7 +101,7 @@ async def start_song_in(bot: BotProcess, fake: FakeDiscord, sim: Any) -> int:
     iid = int(payload["id"])
     assert (await fake.wait_for_callback(iid, timeout=10)).type == 5, bot.text
     await fake.wait_until(
-        lambda: bool(sim.requests) and "Generating" in (fake.original(iid).content or ""),
+        lambda: bool(sim.requests) and "Generating" in shown(fake, iid),
         timeout=10,
         what="the job generating",
     )
@@ -144,7 +150,7 @@ async def test_sigterm_during_a_job_tells_the_member_and_leaves_nothing_half_wri
             iid = await start_song_in(bot, fake, sim)
             bot.proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(bot.proc.wait(), 30) == 0, bot.text
-        text = fake.original(iid).content
+        text = shown(fake, iid)
         assert text.startswith("❌ ") and RESTARTING in text, text
         error_id = error_id_of(text)
         assert f"interrupted by shutdown [error {error_id}]" in bot.text and "Traceback" not in bot.text
