@@ -14,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs._words import NO_PINGS, clip, format_duration, relative
+from cogs.song import is_manager
 from services.errors import InvalidInput
 from services.guild_settings import SETTINGS, GuildSettings
 
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NOT_A_MODERATOR = "Only members with the Manage Server permission can change /song's settings."
-
-
-def _is_manager(interaction: discord.Interaction) -> bool:
-    perms = interaction.permissions
-    return bool(perms.manage_guild or perms.administrator)
 
 
 def describe_change(before: GuildSettings, after: GuildSettings) -> str:
@@ -69,7 +65,7 @@ class ConfigCog(commands.Cog):
         if interaction.guild_id is None:
             await self._reply(interaction, "Use this command in a server.")
             return False
-        if not _is_manager(interaction):
+        if not is_manager(interaction):
             await self._reply(interaction, NOT_A_MODERATOR)
             return False
         return True
@@ -209,7 +205,7 @@ class ConfigCog(commands.Cog):
             f"{mine.songs_left} song(s) left today.",
             inline=False,
         )
-        if _is_manager(interaction):
+        if is_manager(interaction):
             server = await policy.server_usage(interaction.guild_id)
             embed.add_field(
                 name="This server",
