@@ -14,7 +14,7 @@ import logging
 import shutil
 from collections import Counter
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -405,12 +405,16 @@ class JobManager:
 
 
 async def prepare_song(spec: JobSpec, result: GenerationResult, job_dir: Path) -> PreparedSong:
-    """Fit the audio under the upload limit and draw its waveform, both off the event loop, at the same time."""
+    """Fit the audio under the upload limit and draw its waveform, both off the event loop, at the same time.
+
+    The lyrics exist only now (the service writes them), so they join the title and artist in the file's tags here.
+    """
+    tags = replace(spec.tags, lyrics=result.lyrics or spec.tags.lyrics)
 
     async def fitted() -> FitResult | None:
         try:
             return await fit(
-                result.audio_path, result.format, spec.want_format, spec.max_bytes, tags=spec.tags, out_dir=job_dir
+                result.audio_path, result.format, spec.want_format, spec.max_bytes, tags=tags, out_dir=job_dir
             )
         except CannotFit:
             return None
@@ -428,7 +432,7 @@ async def prepare_song(spec: JobSpec, result: GenerationResult, job_dir: Path) -
         result=result,
         audio=audio,
         waveform=wave,
-        tags=spec.tags,
+        tags=tags,
         want_format=spec.want_format,
         work_dir=job_dir,
     )

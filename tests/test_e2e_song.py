@@ -9,6 +9,7 @@ from pathlib import Path
 from services.ffmpeg import probe_audio
 from services.simulator import Scenario
 from tests.e2e import Harness, running_bot
+from tests.test_audio import read_tags
 from tests.fakes.payloads import BOT_PERMISSIONS, MODERATOR_PERMISSIONS, Perm
 
 EPHEMERAL = 64
@@ -56,6 +57,8 @@ async def test_song_delivers_audio_lyrics_and_waveform(tmp_path: Path) -> None:
         info = await probe_audio(await _write(tmp_path / "got.mp3", audio.data))
         assert abs(info.duration_s - 3.0) < 0.2 and info.channels == 2 and info.sample_rate == 48000
         lyrics = final.attachment("lyrics.txt").data.decode()
+        tags = await read_tags(tmp_path / "got.mp3", "mp3")
+        assert tags["title"] == PROMPT and tags["lyrics-und"].strip() == lyrics.strip()
         body = h.sim.requests[0]["body"]
         assert body["input"]["gender"] == "male" and body["input"]["prompt"] == PROMPT
         embed = final.embeds[0]
