@@ -9,8 +9,8 @@ from pathlib import Path
 from services.ffmpeg import probe_audio
 from services.simulator import Scenario
 from tests.e2e import Harness, running_bot
-from tests.test_audio import read_tags
 from tests.fakes.payloads import BOT_PERMISSIONS, MODERATOR_PERMISSIONS, Perm
+from tests.test_audio import read_tags
 
 EPHEMERAL = 64
 PROMPT = "an upbeat summer folk song about a road trip"
