@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import cProfile
 import logging
 import os
 import platform
+import pstats
 import statistics
 import sys
 import tempfile
@@ -49,7 +52,7 @@ from aiohttp import web
 from bot import point_at_discord
 from services.logs import setup_logging
 from services.settings import load_settings
-from services.simulator import FunMusicSimulator, Scenario
+from services.simulator import FunMusicSimulator, Scenario, cached_audio
 from tests.e2e import TOKEN, Harness, LogCapture, e2e_env, started_bot
 from tests.fakes.discord import FakeDiscord, point_discord_py_at
 from tests.sim_fixtures import SIM_KEY
@@ -139,6 +142,33 @@ class Results:
     peak_rss: int = 0
     peak_children_rss: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    burst_profile: list[tuple[str, float]] = field(default_factory=list)
+
+
+PACKAGES = ("sqlalchemy", "aiosqlite", "greenlet", "discord", "aiohttp", "asyncio", "tests/fakes", "services", "cogs")
+
+
+def by_package(profiler: cProfile.Profile) -> list[tuple[str, float]]:
+    """The loop thread's own time during the burst, summed by package (cProfile's tottime)."""
+    totals: dict[str, float] = collections.defaultdict(float)
+    stats: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    for (filename, _line, name), (_cc, _nc, tottime, *_rest) in stats.items():
+        where = f"{filename} {name}"
+        package = next((p for p in PACKAGES if f"/{p}/" in where or f"/{p}." in where or f"<{p} " in where), None)
+        if package is None:
+            package = "waiting in epoll" if "epoll" in name else other_label(filename, name)
+        totals[package] += tottime
+    return sorted(totals.items(), key=lambda item: item[1], reverse=True)
+
+
+def other_label(filename: str, name: str) -> str:
+    if filename == "~":  # a builtin: name it by what it is
+        for word in ("socket", "json", "SimpleQueue", "greenlet", "sqlite", "select", "Context"):
+            if word in name:
+                return f"builtin {word}"
+        return "other builtins"
+    parts = filename.rsplit("/", 2)
+    return "other: " + (parts[-2] if len(parts) > 1 else filename)
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -158,6 +188,8 @@ async def bot_under_load(work: Path, args: argparse.Namespace) -> AsyncIterator[
     scenario = Scenario(duration_s=args.duration, chunk_bytes=CHUNK_BYTES, chunk_delay_s=args.stream_seconds / chunks)
     sim = TimedSimulator(api_key=SIM_KEY, scenario=scenario)
     await sim.start()
+    # render the song once now, as a warm simulator would have it: not eight ffmpeg renders in the first batch
+    await cached_audio(scenario.duration_s, scenario.sample_rate, scenario.channels, "mp3")
     fake = FakeDiscord(token=TOKEN)
     await fake.start()
     env = e2e_env(
@@ -236,13 +268,19 @@ async def run(args: argparse.Namespace) -> Results:
                 started[int(payload["id"])] = time.monotonic()
                 await h.fake.send_interaction(payload)
 
+            profiler = cProfile.Profile() if args.profile else None
             t0 = time.monotonic()
+            if profiler is not None:
+                profiler.enable()
             await asyncio.gather(*(send(p) for p in payloads))
             ids = [int(p["id"]) for p in payloads]
             for iid in ids:
                 callback = await h.fake.wait_for_callback(iid, timeout=60)
                 results.defer_s.append(callback.at - started[iid])
                 results.late_defers += callback.age > 3.0
+            if profiler is not None:
+                profiler.disable()
+                results.burst_profile = by_package(profiler)
             await wait_for_jobs(h, args.timeout)
             results.wall_s = time.monotonic() - t0
             await lag.stop()
@@ -308,6 +346,11 @@ def report(args: argparse.Namespace, r: Results) -> None:
         f"peak RSS: {r.peak_rss / 2**20:.0f} MB for this process (target < 400 MB: {rss_ok}); "
         f"its ffmpeg children at most {r.peak_children_rss / 2**20:.0f} MB together"
     )
+    if r.burst_profile:
+        total = sum(seconds for _, seconds in r.burst_profile)
+        top, rest = r.burst_profile[:8], sum(seconds for _, seconds in r.burst_profile[8:])
+        parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in top) + f", the rest {rest:.2f} s"
+        print(f"loop thread during the burst (cProfile, {total:.2f} s): {parts}")
     if r.overhead_s:
         print(
             f"bot overhead per song (final event -> upload stored): p50 {overhead_p50:.2f} s, "
@@ -324,6 +367,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--stream-seconds", type=float, default=3.0, help="how long one song takes to stream")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
     parser.add_argument("--log", type=Path, help="keep the bot's log (INFO) in this file")
+    parser.add_argument("--profile", action="store_true", help="profile the loop thread from dispatch to last defer")
     return parser.parse_args(argv)
 
 
