@@ -454,6 +454,7 @@ async def test_spamming_song_gets_only_a_members_share(tmp_path: Path) -> None:
         others = [h.fake.add_user(f"patient{i}") for i in range(2)]
         later = [await h.song({"prompt": PROMPT}, user=member) for member in others]
         assert [(await h.fake.wait_for_callback(iid)).type for iid in later] == [5, 5]
+        h.sim.scenario = Scenario(duration_s=2.0)  # the songs still waiting need not be slow any more
         for iid in [*accepted, *later]:
             assert (await h.wait_final(iid, timeout=30)).attachments
         assert len(h.sim.requests) == MAX_JOBS_PER_MEMBER + 2
@@ -498,6 +499,7 @@ async def test_a_burst_cannot_overfill_the_queue(tmp_path: Path) -> None:
         for iid, callback in zip(ids, callbacks, strict=True):
             if callback.type != 5:
                 assert "queue is full" in await _refusal(h, iid)
+        h.sim.scenario = Scenario(duration_s=2.0)
         for iid in accepted:
             assert (await h.wait_final(iid, timeout=30)).attachments
 
