@@ -261,6 +261,55 @@ class SongModal(discord.ui.Modal, title="Make a song"):
         await self.cog.report_unexpected(interaction, error)
 
 
+class Responder:
+    """Answers one /song interaction exactly once, and never late.
+
+    Refusals are best as an immediate ephemeral message (they cost nothing and only the member sees them), but the
+    checks before them read and write the database, which under a burst can take longer than Discord's 3 s. So a
+    guard defers by itself once ``defer_after_s`` has passed; a refusal after that replaces the "thinking…"
+    message with an ephemeral follow-up. A lock keeps the guard and the checks from both answering (40060).
+    """
+
+    def __init__(self, interaction: discord.Interaction, *, ephemeral: bool, defer_after_s: float) -> None:
+        self.interaction = interaction
+        self.ephemeral = ephemeral
+        self._lock = asyncio.Lock()
+        self._guard = asyncio.create_task(self._defer_when_slow(defer_after_s))
+
+    async def _defer_when_slow(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            # shielded: cancelling the guard must never cut a defer in flight (it would be sent but not recorded)
+            await asyncio.shield(self.defer())
+        except discord.HTTPException as exc:
+            log.warning("could not defer interaction %s early: %s", self.interaction.id, exc)
+
+    async def defer(self) -> None:
+        """Defer ("thinking…") unless already answered. Raises HTTPException if Discord refuses."""
+        async with self._lock:
+            if not self.interaction.response.is_done():
+                await self.interaction.response.defer(thinking=True, ephemeral=self.ephemeral)
+
+    async def refuse(self, text: str) -> None:
+        self.close()
+        async with self._lock:
+            response = self.interaction.response
+            if not response.is_done():
+                await response.send_message(text, ephemeral=True, allowed_mentions=NO_PINGS)
+                return
+            try:
+                if self.ephemeral:
+                    await self.interaction.edit_original_response(content=text, allowed_mentions=NO_PINGS)
+                    return
+                await self.interaction.delete_original_response()
+            except discord.HTTPException as exc:
+                log.warning("could not replace the deferred answer of %s: %s", self.interaction.id, exc)
+            await self.interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
+
+    def close(self) -> None:
+        self._guard.cancel()
+
+
 class SongCog(commands.Cog):
     def __init__(self, bot: SongBot) -> None:
         self.bot = bot
@@ -313,32 +362,44 @@ class SongCog(commands.Cog):
         if not (prompt and prompt.strip()) and lyrics_file is None:
             await interaction.response.send_modal(SongModal(self, options))
             return
+        responder = self.responder(interaction, options)
         if lyrics_file is not None:
             try:
                 lyrics = await read_lyrics_attachment(lyrics_file, self.services.session)
             except InvalidInput as exc:
-                await self._refuse(interaction, exc.user_message)
+                await responder.refuse(exc.user_message)
                 return
             options = replace(options, lyrics=lyrics)
-        await self.start_song(interaction, options)
+        await self.start_song(interaction, options, responder)
 
-    async def start_song(self, interaction: discord.Interaction, options: SongOptions) -> None:
+    def responder(self, interaction: discord.Interaction, options: SongOptions) -> Responder:
+        return Responder(interaction, ephemeral=options.private, defer_after_s=self.services.settings.defer_after_s)
+
+    async def start_song(
+        self, interaction: discord.Interaction, options: SongOptions, responder: Responder | None = None
+    ) -> None:
         """Shared by /song, the modal and Regenerate: check, admit, defer, queue."""
+        responder = responder or self.responder(interaction, options)
+        try:
+            await self._start_song(interaction, options, responder)
+        finally:
+            responder.close()
+
+    async def _start_song(self, interaction: discord.Interaction, options: SongOptions, responder: Responder) -> None:
         services = self.services
         if interaction.guild_id is None:
-            await self._refuse(interaction, "Use /song in a server, not in DMs.")
+            await responder.refuse("Use /song in a server, not in DMs.")
             return
         guild_settings: GuildSettings = await services.store.get_guild_settings(interaction.guild_id)
         try:
             request, want_format, private = resolve(options, guild_settings, services.settings.fun_music_model)
         except InvalidInput as exc:
-            await self._refuse(interaction, exc.user_message)
+            await responder.refuse(exc.user_message)
             return
         # from here on the cleaned text (no control or zero-width characters): titles, file names, the job row
         options = replace(options, prompt=request.prompt, lyrics=request.lyrics)
         if not private and not can_post_later(interaction):
-            await self._refuse(
-                interaction,
+            await responder.refuse(
                 "I can't post songs in this channel: give me View Channel, Send Messages, Embed Links and Attach "
                 "Files here, or use /song in another channel (or with `private`).",
             )
@@ -373,11 +434,11 @@ class SongCog(commands.Cog):
                     queue_has_room=queue_has_room,
                 )
             except PolicyRefusal as refusal:
-                await self._refuse(interaction, refusal_text(refusal))
+                await responder.refuse(refusal_text(refusal))
                 return
             job_id: int = admission.job_id
             try:
-                await interaction.response.defer(thinking=True, ephemeral=private)
+                await responder.defer()
             except discord.HTTPException as exc:
                 log.warning("job %s: could not defer (%s); refunding", job_id, exc)
                 await services.policy.refund(job_id)

@@ -50,6 +50,7 @@ def setup_logging(level: str, secrets: Iterable[str], *, handler: logging.Handle
     root = logging.getLogger()
     root.setLevel(level)
     root.addHandler(handler)
-    for noisy in ("discord.http", "discord.gateway", "aiohttp.access"):
+    # discord.webhook logs webhook urls, which hold interaction tokens, at DEBUG: never below WARNING
+    for noisy in ("discord.http", "discord.gateway", "discord.webhook", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     return handler

@@ -61,6 +61,7 @@ class Settings:
     queue_size: int = 20
     global_daily_seconds: int | None = None
     estimated_song_seconds: int = 200
+    defer_after_s: float = 0.15
     max_retries: int = 3
     retry_backoff_s: float = 1.0
     connect_timeout_s: float = 10.0
@@ -168,6 +169,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
         max_concurrent_generations=_int_required(_int(env, "MAX_CONCURRENT_GENERATIONS", 2, 1, 64)),
         queue_size=_int_required(_int(env, "SONGBOT_QUEUE_SIZE", 20, 1, 1000)),
         global_daily_seconds=_int(env, "SONGBOT_GLOBAL_DAILY_SECONDS", None, 0, 10_000_000),
+        defer_after_s=_float(env, "SONGBOT_DEFER_AFTER", 0.15, 0.0, 2.5),
         estimated_song_seconds=_int_required(_int(env, "SONGBOT_ESTIMATED_SONG_SECONDS", 200, 1, 3600)),
         max_retries=_int_required(_int(env, "SONGBOT_MAX_RETRIES", 3, 0, 10)),
         retry_backoff_s=_float(env, "SONGBOT_RETRY_BACKOFF", 1.0, 0.001, 60.0),

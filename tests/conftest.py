@@ -8,6 +8,10 @@ from collections.abc import Iterator
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
+#: The loop watchdog: blocking calls and warnings inside the bot's own tasks (which the bot would catch and turn
+#: into a polite failure) fail the test, and so does a loop stall.
+pytest_plugins = ["tests.watchdog"]
+
 
 @pytest.fixture(autouse=True)
 def blockbuster() -> Iterator[BlockBuster]:
@@ -16,5 +20,5 @@ def blockbuster() -> Iterator[BlockBuster]:
     Only calls made from songbot's own modules (and the tests' fakes) count; library internals that do a quick
     stat or read on the loop (importlib, pytest) are not ours to fix.
     """
-    with blockbuster_ctx(scanned_modules=["services", "cogs", "tests"]) as bb:
+    with blockbuster_ctx(scanned_modules=["services", "cogs", "bot", "tests"]) as bb:
         yield bb

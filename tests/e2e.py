@@ -106,6 +106,8 @@ def e2e_env(sim: FunMusicSimulator, fake: FakeDiscord, tmp_path: Path, **overrid
         "SONGBOT_IDLE_TIMEOUT": "5",
         "SONGBOT_TOTAL_DEADLINE": "60",
         "SONGBOT_ESTIMATED_SONG_SECONDS": "10",
+        # refusals as immediate ephemeral answers, whatever the machine's load (the early defer has its own test)
+        "SONGBOT_DEFER_AFTER": "2.5",
     }
     env.update(overrides)
     return env

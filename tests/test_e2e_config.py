@@ -141,6 +141,7 @@ async def test_usage_history_and_data_deletion(tmp_path: Path) -> None:
     async with running_bot(tmp_path) as h:
         iid = await h.song({"prompt": PROMPT})
         final = await h.wait_final(iid)
+        await h.wait_job_status(1, "delivered")  # the final edit lands just before the job row says so
         mine = await _answer(h, await h.command("songusage"))
         assert "1 of 5 song(s)" in mine and "This server" not in mine
         server = await _answer(h, await h.command("songusage", permissions=MODERATOR_PERMISSIONS))

@@ -276,3 +276,25 @@ async def test_cancel_while_queued_and_a_members_share_of_the_queue(tmp_path: Pa
         assert (await h.wait_final(running)).attachments
         assert (await h.wait_final(extra)).attachments
         assert len(h.sim.requests) == 2  # the cancelled song never reached the service
+
+
+async def test_slow_checks_defer_first_and_refusals_still_reach_only_the_member(tmp_path: Path) -> None:
+    """With SONGBOT_DEFER_AFTER=0 every /song is deferred before its checks finish (as under a burst)."""
+    async with running_bot(tmp_path, SONGBOT_DEFER_AFTER="0") as h:
+        iid = await h.song({"prompt": PROMPT})
+        assert (await h.fake.wait_for_callback(iid)).type == 5
+        assert (await h.wait_final(iid)).attachments
+        refused = await h.song({"prompt": PROMPT})  # on cooldown now
+        assert (await h.fake.wait_for_callback(refused)).type == 5
+        await h.fake.wait_until(lambda: h.fake.followups(refused), what="the ephemeral refusal")
+        followup = h.fake.followups(refused)[0]
+        assert followup.ephemeral and "cooldown" in followup.content
+        original = h.fake.original(refused)
+        assert original is None or original.deleted
+        private = await h.song({"prompt": PROMPT, "private": True})
+        await h.fake.wait_until(
+            lambda: (m := h.fake.original(private)) is not None and "cooldown" in (m.content or ""),
+            what="the private refusal",
+        )
+        assert h.fake.original(private).ephemeral
+        assert len(h.sim.requests) == 1
