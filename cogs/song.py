@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,6 +39,8 @@ PROMPT_OPTION_MAX = 1000
 FORMAT_CHOICES = ("mp3", "wav", "ogg")
 #: Songs one member may have queued or generating at once, so one member cannot fill the shared queue.
 MAX_JOBS_PER_MEMBER = 2
+#: More /song requests than this being checked at once is a burst: each then defers before its checks.
+BURST_CHECKS = 3
 LYRICS_FILE_TIMEOUT_S = 1.5
 _LRC_TIMESTAMP = re.compile(r"^\s*\[\d{1,2}:\d{2}(?:[.:]\d{1,3})?\]", re.MULTILINE)
 _LRC_META = re.compile(r"^\s*\[(?:ar|ti|al|by|offset|length|re|ve):[^\]]*\]\s*$", re.MULTILINE | re.IGNORECASE)
@@ -270,11 +273,30 @@ class Responder:
     message with an ephemeral follow-up. A lock keeps the guard and the checks from both answering (40060).
     """
 
-    def __init__(self, interaction: discord.Interaction, *, ephemeral: bool, defer_after_s: float) -> None:
+    def __init__(
+        self,
+        interaction: discord.Interaction,
+        *,
+        ephemeral: bool,
+        defer_after_s: float,
+        urgent: bool = False,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.interaction = interaction
         self.ephemeral = ephemeral
+        self.urgent = urgent
+        self._on_close = on_close
+        self._closed = False
         self._lock = asyncio.Lock()
         self._guard = asyncio.create_task(self._defer_when_slow(defer_after_s))
+
+    async def defer_if_urgent(self) -> None:
+        """Under a burst, answer first and check after: the checks of many requests share one event loop."""
+        if self.urgent:
+            try:
+                await self.defer()
+            except discord.HTTPException as exc:
+                log.warning("could not defer interaction %s: %s", self.interaction.id, exc)
 
     async def _defer_when_slow(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -308,11 +330,16 @@ class Responder:
 
     def close(self) -> None:
         self._guard.cancel()
+        if not self._closed:
+            self._closed = True
+            if self._on_close is not None:
+                self._on_close()
 
 
 class SongCog(commands.Cog):
     def __init__(self, bot: SongBot) -> None:
         self.bot = bot
+        self._checking = 0
 
     @property
     def services(self) -> Any:
@@ -363,17 +390,33 @@ class SongCog(commands.Cog):
             await interaction.response.send_modal(SongModal(self, options))
             return
         responder = self.responder(interaction, options)
-        if lyrics_file is not None:
-            try:
-                lyrics = await read_lyrics_attachment(lyrics_file, self.services.session)
-            except InvalidInput as exc:
-                await responder.refuse(exc.user_message)
-                return
-            options = replace(options, lyrics=lyrics)
-        await self.start_song(interaction, options, responder)
+        try:
+            if lyrics_file is not None:
+                await responder.defer_if_urgent()
+                try:
+                    lyrics = await read_lyrics_attachment(lyrics_file, self.services.session)
+                except InvalidInput as exc:
+                    await responder.refuse(exc.user_message)
+                    return
+                options = replace(options, lyrics=lyrics)
+            await self.start_song(interaction, options, responder)
+        finally:
+            responder.close()
 
     def responder(self, interaction: discord.Interaction, options: SongOptions) -> Responder:
-        return Responder(interaction, ephemeral=options.private, defer_after_s=self.services.settings.defer_after_s)
+        """One per request being checked; past ``BURST_CHECKS`` at once, requests defer before their checks."""
+        self._checking += 1
+
+        def closed() -> None:
+            self._checking -= 1
+
+        return Responder(
+            interaction,
+            ephemeral=options.private,
+            defer_after_s=self.services.settings.defer_after_s,
+            urgent=self._checking > BURST_CHECKS,
+            on_close=closed,
+        )
 
     async def start_song(
         self, interaction: discord.Interaction, options: SongOptions, responder: Responder | None = None
@@ -387,6 +430,7 @@ class SongCog(commands.Cog):
 
     async def _start_song(self, interaction: discord.Interaction, options: SongOptions, responder: Responder) -> None:
         services = self.services
+        await responder.defer_if_urgent()
         if interaction.guild_id is None:
             await responder.refuse("Use /song in a server, not in DMs.")
             return

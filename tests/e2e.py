@@ -19,6 +19,9 @@ from services.simulator import FunMusicSimulator, Scenario
 from tests.fakes.discord import FakeDiscord, point_discord_py_at
 from tests.sim_fixtures import SIM_KEY, running_simulator
 
+#: How every progress message of an accepted song starts (queued, generating, preparing, uploading).
+PROGRESS_MARKS = ("⏳", "🎼", "🎚", "📤")
+
 TOKEN = "MTA5ODc2NTQzMjEwOTg3NjU0.Gx1y2z.fake-discord-token-for-e2e-tests-0123456789"
 
 
@@ -66,6 +69,35 @@ class Harness:
         payload = self.fake.slash(name, dict(options or {}), **kwargs)
         await self.fake.send_interaction(payload)
         return int(payload["id"])
+
+    async def outcome(self, iid: int, timeout: float = 20.0) -> tuple[bool, str]:
+        """How /song (or Regenerate) answered: ``(True, "")`` when the song was accepted, ``(False, text)`` with
+        the member's ephemeral refusal otherwise — given at once (type 4), or after a defer under load (an
+        ephemeral follow-up, or the private "thinking…" message edited)."""
+        callback = await self.fake.wait_for_callback(iid, timeout)
+        if callback.type == 4:
+            assert callback.data.get("flags", 0) & 64, callback
+            return False, str(callback.data.get("content") or "")
+        assert callback.type == 5, callback
+
+        def settled() -> bool:
+            message = self.fake.original(iid)
+            # a refusal after a public defer deletes the "thinking…" message, then follows up: wait for the latter
+            return bool(self.fake.followups(iid)) or (
+                message is not None and not message.deleted and not message.loading
+            )
+
+        await self.fake.wait_until(settled, timeout=timeout, what=f"the answer to {iid}")
+        followups = self.fake.followups(iid)
+        if followups:
+            assert followups[0].ephemeral
+            return False, followups[0].content
+        message = self.fake.original(iid)
+        assert message is not None
+        if message.attachments or message.components or message.content.startswith(PROGRESS_MARKS):
+            return True, ""
+        assert message.ephemeral
+        return False, message.content
 
     async def wait_job_status(self, job_id: int, *statuses: str, timeout: float = 20.0) -> Any:
         deadline = asyncio.get_running_loop().time() + timeout

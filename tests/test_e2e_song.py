@@ -298,3 +298,25 @@ async def test_slow_checks_defer_first_and_refusals_still_reach_only_the_member(
         )
         assert h.fake.original(private).ephemeral
         assert len(h.sim.requests) == 1
+
+
+async def test_a_burst_defers_first_and_every_refusal_still_reaches_its_member(tmp_path: Path) -> None:
+    async with running_bot(tmp_path) as h:
+        await h.configure(member_daily_songs=0)
+        members = [h.fake.add_user(f"burst{i}") for i in range(8)]
+        payloads = [h.fake.slash("song", {"prompt": PROMPT}, user=m) for m in members]
+        await asyncio.gather(*(h.fake.send_interaction(p) for p in payloads))
+        kinds = []
+        for payload in payloads:
+            iid = int(payload["id"])
+            callback = await h.fake.wait_for_callback(iid)
+            kinds.append(callback.type)
+            if callback.type == 4:
+                assert callback.data["flags"] & EPHEMERAL and "daily limit" in callback.data["content"]
+            else:
+                assert callback.type == 5
+                await h.fake.wait_until(lambda iid=iid: h.fake.followups(iid), what="the ephemeral refusal")
+                followup = h.fake.followups(iid)[0]
+                assert followup.ephemeral and "daily limit" in followup.content
+        assert 5 in kinds  # past BURST_CHECKS at once, requests answer before their checks
+        assert h.sim.requests == []

@@ -438,10 +438,9 @@ def test_lookalike_download_urls_are_refused(url: str) -> None:
 async def _burst(h: Harness, count: int, **kwargs: Any) -> tuple[list[int], list[str]]:
     """`count` /song at once from one member: the ids accepted (deferred) and the refusals' texts."""
     ids = await asyncio.gather(*(h.song({"prompt": f"{PROMPT} {i}"}, **kwargs) for i in range(count)))
-    callbacks = [await h.fake.wait_for_callback(iid) for iid in ids]
-    accepted = [iid for iid, cb in zip(ids, callbacks, strict=True) if cb.type == 5]
-    refused = [await _refusal(h, iid) for iid, cb in zip(ids, callbacks, strict=True) if cb.type != 5]
-    return accepted, refused
+    outcomes = [await h.outcome(iid) for iid in ids]
+    accepted = [iid for iid, (ok, _) in zip(ids, outcomes, strict=True) if ok]
+    return accepted, [text for ok, text in outcomes if not ok]
 
 
 async def test_spamming_song_gets_only_a_members_share(tmp_path: Path) -> None:
@@ -479,11 +478,11 @@ async def test_spamming_song_cannot_beat_the_daily_quota(tmp_path: Path) -> None
 async def test_spamming_song_during_a_cooldown_gets_one_song(tmp_path: Path) -> None:
     async with running_bot(tmp_path) as h:
         ids = await asyncio.gather(*(h.song({"prompt": PROMPT}) for _ in range(20)))
-        callbacks = [await h.fake.wait_for_callback(iid) for iid in ids]
-        assert [cb.type for cb in callbacks].count(5) == 1
-        refusals = [await _refusal(h, iid) for iid, cb in zip(ids, callbacks, strict=True) if cb.type != 5]
+        outcomes = [await h.outcome(iid) for iid in ids]
+        assert [ok for ok, _ in outcomes].count(True) == 1
+        refusals = [text for ok, text in outcomes if not ok]
         assert all("cooldown" in text for text in refusals), refusals
-        await h.wait_final(next(iid for iid, cb in zip(ids, callbacks, strict=True) if cb.type == 5))
+        await h.wait_final(next(iid for iid, (ok, _) in zip(ids, outcomes, strict=True) if ok))
         assert len(h.sim.requests) == 1
 
 
@@ -493,12 +492,10 @@ async def test_a_burst_cannot_overfill_the_queue(tmp_path: Path) -> None:
     async with running_bot(tmp_path, scenario=SLOW, SONGBOT_QUEUE_SIZE="2", MAX_CONCURRENT_GENERATIONS="1") as h:
         members = [h.fake.add_user(f"member{i}") for i in range(20)]
         ids = await asyncio.gather(*(h.song({"prompt": PROMPT}, user=m) for m in members))
-        callbacks = [await h.fake.wait_for_callback(iid) for iid in ids]
-        accepted = [iid for iid, cb in zip(ids, callbacks, strict=True) if cb.type == 5]
+        outcomes = [await h.outcome(iid) for iid in ids]
+        accepted = [iid for iid, (ok, _) in zip(ids, outcomes, strict=True) if ok]
         assert len(accepted) == 3, len(accepted)  # one generating, two waiting
-        for iid, callback in zip(ids, callbacks, strict=True):
-            if callback.type != 5:
-                assert "queue is full" in await _refusal(h, iid)
+        assert all("queue is full" in text for ok, text in outcomes if not ok), outcomes
         h.sim.scenario = Scenario(duration_s=2.0)
         for iid in accepted:
             assert (await h.wait_final(iid, timeout=30)).attachments
@@ -543,12 +540,10 @@ async def test_spamming_regenerate_counts_against_the_quota(tmp_path: Path) -> N
         job_id = await h.wait_job_status(1, "delivered")
         clicks = [h.fake.click(f"song:regen:{job_id.id}", first) for _ in range(8)]
         await asyncio.gather(*(h.fake.send_interaction(click) for click in clicks))
-        answers = [await h.fake.wait_for_callback(int(click["id"])) for click in clicks]
-        accepted = [click for click, a in zip(clicks, answers, strict=True) if a.type == 5]
-        assert len(accepted) == 1, [a.type for a in answers]
-        for click, answer in zip(clicks, answers, strict=True):
-            if answer.type != 5:
-                assert "daily limit of 2 songs" in await _refusal(h, int(click["id"]))
+        outcomes = [await h.outcome(int(click["id"])) for click in clicks]
+        accepted = [click for click, (ok, _) in zip(clicks, outcomes, strict=True) if ok]
+        assert len(accepted) == 1, outcomes
+        assert all("daily limit of 2 songs" in text for ok, text in outcomes if not ok), outcomes
         assert (await h.wait_final(int(accepted[0]["id"]))).attachments
         assert len(h.sim.requests) == 2
         assert await _songs_used(h, h.fake.user.id) == 2
