@@ -243,12 +243,18 @@ def delivered_at(h: Harness, iid: int) -> tuple[float, str] | None:
     return None
 
 
-async def wait_for_jobs(h: Harness, timeout: float) -> None:
-    """Until every job has ended, delivered or not. A poll: the last job ends with no request for the fake to wake
-    ``wait_until`` on, and a check every 0.1 s adds nothing measurable to the loop."""
+async def wait_for_jobs(h: Harness, ids: list[int], timeout: float) -> None:
+    """Until every member has a final answer (a song or a failure) and no job is left. A poll: the last job ends
+    with no request for the fake to wake ``wait_until`` on, and a check every 0.1 s adds nothing measurable. (Under a
+    burst /song answers before its checks, so a job may not exist yet when every defer has arrived.)"""
+
+    def answered(iid: int) -> bool:
+        message = h.fake.original(iid)
+        return message is not None and (bool(message.attachments) or message.content.startswith("❌"))
+
     jobs = h.bot.services.jobs
     async with asyncio.timeout(timeout):
-        while jobs.active_jobs > 0:  # noqa: ASYNC110 (nothing to wait on: the job manager has no "idle" event)
+        while jobs.active_jobs > 0 or not all(answered(iid) for iid in ids):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
 
 
@@ -281,7 +287,7 @@ async def run(args: argparse.Namespace) -> Results:
             if profiler is not None:
                 profiler.disable()
                 results.burst_profile = by_package(profiler)
-            await wait_for_jobs(h, args.timeout)
+            await wait_for_jobs(h, ids, args.timeout)
             results.wall_s = time.monotonic() - t0
             await lag.stop()
             results.lags_s = lag.lags

@@ -39,8 +39,8 @@ PROMPT_OPTION_MAX = 1000
 FORMAT_CHOICES = ("mp3", "wav", "ogg")
 #: Songs one member may have queued or generating at once, so one member cannot fill the shared queue.
 MAX_JOBS_PER_MEMBER = 2
-#: More /song requests than this being checked at once is a burst: each then defers before its checks.
-BURST_CHECKS = 3
+#: More /song requests than this being checked at once is a burst: each further one defers before its checks.
+BURST_CHECKS = 1
 LYRICS_FILE_TIMEOUT_S = 1.5
 _LRC_TIMESTAMP = re.compile(r"^\s*\[\d{1,2}:\d{2}(?:[.:]\d{1,3})?\]", re.MULTILINE)
 _LRC_META = re.compile(r"^\s*\[(?:ar|ti|al|by|offset|length|re|ve):[^\]]*\]\s*$", re.MULTILINE | re.IGNORECASE)
