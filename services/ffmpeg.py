@@ -7,14 +7,21 @@ package. That wheel has no ffprobe, so songbot never asks for one: durations com
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import functools
+import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.errors import SongbotError
 from services.wav import fix_sizes
+
+#: the pipe into a :class:`DecodeCheck` (Linux's default of 64 KiB would wake ffmpeg every 64 KiB)
+PIPE_BYTES = 1024 * 1024
 
 
 class FfmpegError(SongbotError):
@@ -113,6 +120,31 @@ class AudioInfo:
 
 _STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+).*?, (\d+) Hz, (mono|stereo|(\d+) channels)")
 _TIME_RE = re.compile(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)")
+_ERROR_LINE_RE = re.compile(r"^.*\[(?:error|fatal|panic)\].*$", re.MULTILINE)
+
+
+def parse_decode_log(log: str, returncode: int) -> AudioInfo:
+    """The :class:`AudioInfo` in the log of ffmpeg decoding audio to the null muxer; :class:`FfmpegError` if it failed.
+
+    The stream line gives the codec, rate and channels, the last ``time=`` the duration actually decoded. A non-zero
+    exit fails; so does any error-level line when the log carries levels (``-loglevel level+info``, used where
+    ``-xerror`` cannot be, see :class:`DecodeCheck`).
+    """
+    stream = _STREAM_RE.search(log)
+    times = _TIME_RE.findall(log)
+    error_line = _ERROR_LINE_RE.search(log)
+    if returncode != 0 or stream is None or not times or error_line is not None:
+        tail = error_line.group(0).strip() if error_line else " | ".join(log.strip().splitlines()[-2:])
+        raise FfmpegError(f"not decodable audio: {tail}")
+    hours, minutes, seconds = times[-1]
+    layout = stream.group(3)
+    channels = 1 if layout == "mono" else 2 if layout == "stereo" else int(stream.group(4))
+    return AudioInfo(
+        duration_s=int(hours) * 3600 + int(minutes) * 60 + float(seconds),
+        sample_rate=int(stream.group(2)),
+        channels=channels,
+        codec=stream.group(1),
+    )
 
 
 async def probe_audio(path: Path | str) -> AudioInfo:
@@ -137,19 +169,112 @@ async def probe_audio(path: Path | str) -> AudioInfo:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err_bytes = await proc.communicate()
-    err = err_bytes.decode("utf-8", "replace")
-    stream = _STREAM_RE.search(err)
-    times = _TIME_RE.findall(err)
-    if proc.returncode != 0 or stream is None or not times:
-        tail = " | ".join(err.strip().splitlines()[-2:])
-        raise FfmpegError(f"not decodable audio: {tail}")
-    hours, minutes, seconds = times[-1]
-    layout = stream.group(3)
-    channels = 1 if layout == "mono" else 2 if layout == "stereo" else int(stream.group(4))
-    return AudioInfo(
-        duration_s=int(hours) * 3600 + int(minutes) * 60 + float(seconds),
-        sample_rate=int(stream.group(2)),
-        channels=channels,
-        codec=stream.group(1),
-    )
+    _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return parse_decode_log(err.decode("utf-8", "replace"), proc.returncode)
+
+
+def write_all(fd: int, chunks: Sequence[bytes]) -> None:
+    """*Blocking.* Write every chunk to ``fd``, in order, with as few syscalls (``writev``) as the kernel allows."""
+    views = [memoryview(c) for c in chunks]
+    index = 0
+    while index < len(views):
+        written = os.writev(fd, views[index : index + 1024])
+        while written and index < len(views):
+            size = len(views[index])
+            if written >= size:
+                written -= size
+                index += 1
+            else:
+                views[index] = views[index][written:]
+                written = 0
+
+
+class DecodeCheck:
+    """:func:`probe_audio` for audio that is still arriving: ffmpeg decodes it from a pipe as it is written.
+
+    A song's decode check then overlaps its download instead of following it; once the last bytes are in, only
+    the tail is left to decode. :meth:`feed` is *blocking* (a pipe write; a busy ffmpeg slows the writer down,
+    which is the backpressure), so call it from a worker thread, in order. The log is read on the loop meanwhile.
+
+    Unlike :func:`probe_audio` this runs without ``-xerror``: a stream's length is unknown until it ends, so the
+    last read of a WAV whose sizes say "to the end" comes up short, which ffmpeg flags as a corrupt packet and
+    ``-xerror`` would make fatal. Every decoding error is still logged at error level, and any error-level line
+    fails the check (:func:`parse_decode_log`); the last read is only a warning.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process, fd: int) -> None:
+        self._proc = proc
+        self._fd: int | None = fd
+        self._log = asyncio.ensure_future(proc.communicate())
+        self._stopped_reading = False
+
+    @classmethod
+    async def start(cls) -> DecodeCheck:
+        """Start ffmpeg on an empty pipe; it finds the format from the first bytes, as it would in a file."""
+        exe = await ffmpeg_path()
+        read_fd, write_fd = os.pipe()
+        try:
+            with contextlib.suppress(OSError, AttributeError):  # Linux: a bigger pipe means fewer wake-ups
+                fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            proc = await asyncio.create_subprocess_exec(
+                exe,
+                "-hide_banner",
+                "-nostats",
+                "-loglevel",
+                "level+info",
+                "-i",
+                "pipe:0",
+                "-f",
+                "null",
+                "-",
+                stdin=read_fd,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except BaseException:
+            os.close(write_fd)
+            raise
+        finally:
+            os.close(read_fd)
+        return cls(proc, write_fd)
+
+    def feed(self, chunks: Sequence[bytes]) -> None:
+        """*Blocking.* Send the next bytes to ffmpeg. If it has stopped reading, :meth:`finish` will say why."""
+        if self._fd is None or self._stopped_reading:
+            return
+        try:
+            write_all(self._fd, chunks)
+        except BrokenPipeError:
+            self._stopped_reading = True
+
+    async def finish(self, timeout: float = 300.0) -> AudioInfo:
+        """End of the audio: wait for ffmpeg to decode the rest. Raises :class:`FfmpegError` if it did not decode."""
+        self._close_input()
+        try:
+            out = await asyncio.wait_for(asyncio.shield(self._log), timeout)
+        except TimeoutError:
+            await self.abort()
+            raise FfmpegError(f"ffmpeg timed out after {timeout:g}s") from None
+        except asyncio.CancelledError:
+            await asyncio.shield(self.abort())
+            raise
+        assert self._proc.returncode is not None
+        info = parse_decode_log(out[1].decode("utf-8", "replace"), self._proc.returncode)
+        if self._stopped_reading:  # it exited cleanly without reading everything: it did not decode everything
+            raise FfmpegError("not decodable audio: ffmpeg stopped reading before the end")
+        return info
+
+    async def abort(self) -> None:
+        """Stop ffmpeg and forget the audio (a failed or restarted download). Safe to call more than once."""
+        self._close_input()
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+        with contextlib.suppress(Exception):
+            await self._log
+
+    def _close_input(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

@@ -5,7 +5,7 @@ fits the streaming limits and not otherwise, and ends with a file in ``out_dir``
 measure it. What it guards against, with the reasons in ``dashscope-wire.md``:
 
 - aiohttp's line reader dies on long lines, so the body is read with ``iter_any()`` into our own SSE parser;
-- each event's base64 is decoded on its own (``validate=True``): joining padded chunks silently drops data;
+- each event's base64 is decoded on its own (strictly): joining padded chunks silently drops data;
 - a stream that closes without ``finish_reason: "stop"`` is an error, never a short song;
 - a streamed WAV carries placeholder sizes (and maybe repeated headers): dropped and repaired;
 - errors are classified by ``code`` (see ``errors_map``), never by HTTP 200;
@@ -15,18 +15,17 @@ measure it. What it guards against, with the reasons in ``dashscope-wire.md``:
 - the non-streaming download only goes to DashScope's OSS hosts (or ones the operator allowed), with a size cap,
   and redirects are followed by hand so they cannot lead elsewhere.
 
-The audio never sits whole in memory: decoded chunks go straight to the file, in a worker thread.
+The audio never sits whole in memory: decoded chunks go straight to the file, in a worker thread, and to an
+ffmpeg that decodes them as they arrive, so the check that the song plays is done when the stream is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import json
 import logging
-import os
 import random
 import re
 import struct
@@ -51,7 +50,7 @@ from services.errors import (
     ServiceTimeout,
     SongbotError,
 )
-from services.ffmpeg import FfmpegError, ffmpeg_exe, probe_audio
+from services.ffmpeg import AudioInfo, DecodeCheck, FfmpegError, write_all
 from services.funmusic.errors_map import body_from_json, classify, parse_error_body, parse_retry_after
 from services.funmusic.limiter import RateLimiter
 from services.funmusic.request import GenerationRequest, GenerationResult, Mode, Progress, ProgressCallback
@@ -125,20 +124,20 @@ def wav_byte_rate(head: bytes | bytearray) -> tuple[int, int] | None:
     return None
 
 
-def _write_all(fd: int, chunks: Sequence[bytes]) -> None:
-    """*Blocking.* Write every chunk, in order, with as few syscalls as the kernel allows."""
-    views = [memoryview(c) for c in chunks]
-    index = 0
-    while index < len(views):
-        written = os.writev(fd, views[index : index + 1024])
-        while written and index < len(views):
-            size = len(views[index])
-            if written >= size:
-                written -= size
-                index += 1
-            else:
-                views[index] = views[index][written:]
-                written = 0
+def _sizes_to_the_end(chunks: Sequence[bytes]) -> Sequence[bytes]:
+    """A file's first chunks, for the decode check: a WAV header's sizes set to 0xFFFFFFFF, "up to the end".
+
+    A streamed header's sizes are placeholders, or maybe wrong, and ffmpeg reading a pipe believes them; the
+    file gets the true sizes at the end (:func:`repair_wav_file`), which "up to the end" is, byte for byte.
+    A header that does not fit the first chunk is left as it is, for ffmpeg to judge.
+    """
+    data_at = find_data_chunk(chunks[0][:HEAD_BYTES]) if chunks and chunks[0][:4] == b"RIFF" else None
+    if data_at is None:
+        return chunks
+    header = bytearray(chunks[0][: data_at + 8])
+    struct.pack_into("<I", header, 4, 0xFFFFFFFF)
+    struct.pack_into("<I", header, data_at + 4, 0xFFFFFFFF)
+    return [bytes(header), chunks[0][data_at + 8 :], *chunks[1:]]
 
 
 def _decoded_size(payload: str) -> int:
@@ -148,8 +147,8 @@ def _decoded_size(payload: str) -> int:
 
 def decode_audio(payload: str, request_id: str | None, audio_delivered: bool) -> bytes:
     """One event's base64, decoded on its own: joined padded chunks would silently lose data (``YWI=Y2Q=``)."""
-    try:
-        return base64.b64decode(payload, validate=True)
+    try:  # b64decode(validate=True) does the same, after copying the str to bytes
+        return binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise BrokenStream(
             f"invalid base64 in an audio event: {exc}", request_id=request_id, audio_delivered=audio_delivered
@@ -183,7 +182,11 @@ class _Meter:
 
 
 class _AudioSink:
-    """The output file being assembled. Methods marked *blocking* do file I/O: call them in a worker thread."""
+    """The output file being assembled, and the decode check that follows it.
+
+    Methods marked *blocking* do file I/O: call them in a worker thread. The async ones run on the loop, and only
+    while no blocking method is running.
+    """
 
     def __init__(self, path: Path, fmt: str) -> None:
         self.path = path
@@ -191,6 +194,29 @@ class _AudioSink:
         self.meter = _Meter()
         self.dropped_headers = 0
         self._fh: IO[bytes] | None = None
+        self._check: DecodeCheck | None = None
+
+    async def start(self) -> None:
+        """Start (or start over) with an empty file and an ffmpeg decoding whatever is written to it."""
+        await self.stop_check()
+        await asyncio.to_thread(self.reset)
+        self._check = await DecodeCheck.start()
+
+    async def measure(self) -> AudioInfo:
+        """Everything is written: what decoding it says. Raises :class:`FfmpegError` if it does not decode."""
+        check, self._check = self._check, None
+        assert check is not None, "start() first"
+        return await check.finish()
+
+    async def stop_check(self) -> None:
+        check, self._check = self._check, None
+        if check is not None:
+            await check.abort()
+
+    async def dispose(self) -> None:
+        """Stop the check, close and delete the file: no partial file is left behind."""
+        await self.stop_check()
+        await asyncio.to_thread(self.discard)
 
     @property
     def bytes_written(self) -> int:
@@ -210,9 +236,12 @@ class _AudioSink:
         self.meter = _Meter()
         self.dropped_headers = 0
 
-    def write_stream_payloads(self, payloads: Sequence[str], request_id: str | None) -> None:
-        """*Blocking.* Decode each event's base64 on its own and append it (dropping repeated WAV headers)."""
-        self.write_chunks([decode_audio(p, request_id, self.bytes_written > 0) for p in payloads])
+    def write_stream_payloads(self, payloads: Sequence[str | bytes], request_id: str | None) -> None:
+        """*Blocking.* Append events' audio: base64 (a str) is decoded here, each event on its own; bytes are
+        already decoded. Repeated WAV headers are dropped."""
+        self.write_chunks(
+            [p if isinstance(p, bytes) else decode_audio(p, request_id, self.bytes_written > 0) for p in payloads]
+        )
 
     def write_chunks(self, chunks: Sequence[bytes]) -> None:
         """*Blocking.* Append decoded event chunks, dropping a WAV header that repeats at a chunk's start.
@@ -231,7 +260,7 @@ class _AudioSink:
                 kept.append(data)
         if kept:
             assert self._fh is not None, "reset() first"
-            _write_all(self._fh.fileno(), kept)
+            self._write(kept)
             for data in kept:
                 self.meter.add(data)
 
@@ -239,8 +268,15 @@ class _AudioSink:
         """*Blocking.* Append bytes exactly as they are (a downloaded file)."""
         if data:
             assert self._fh is not None, "reset() first"
-            _write_all(self._fh.fileno(), [data])
+            self._write([data])
             self.meter.add(data)
+
+    def _write(self, chunks: Sequence[bytes]) -> None:
+        """*Blocking.* To ffmpeg first, so that it decodes while the file is written."""
+        assert self._fh is not None
+        if self._check is not None:
+            self._check.feed(_sizes_to_the_end(chunks) if self.meter.count == 0 else chunks)
+        write_all(self._fh.fileno(), chunks)
 
     def close(self) -> None:
         """*Blocking.*"""
@@ -448,7 +484,6 @@ class FunMusicClient:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            await asyncio.to_thread(sink.reset)
             try:
                 async with asyncio.timeout(self.total_deadline_s):
                     final = await self._generate_with_retries(req, mode, sink, report, tag)
@@ -462,7 +497,7 @@ class FunMusicClient:
             await asyncio.to_thread(sink.close)
             result = await self._finish(req, mode, sink, final, out_dir)
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(sink.discard))
+            await asyncio.shield(sink.dispose())
             raise
         log.info(
             "fun-music %s request_id=%s done: %s %s, %.1f s of audio, %d bytes, billed %s s, in %.1f s",
@@ -480,13 +515,9 @@ class FunMusicClient:
     async def _finish(
         self, req: GenerationRequest, mode: Mode, sink: _AudioSink, final: _Final, out_dir: Path
     ) -> GenerationResult:
-        """Repair a streamed WAV's sizes, measure the file by decoding it, and give it its final name."""
-        if sink.head[:4] == b"RIFF":
-            with contextlib.suppress(ValueError):  # no data chunk in the header: the decode check below says so
-                await asyncio.to_thread(repair_wav_file, sink.path)
-        await asyncio.to_thread(ffmpeg_exe)  # the first lookup searches PATH (blocking); later calls are cached
+        """Take the decode check's measure of the audio, repair a streamed WAV's sizes, and name the file."""
         try:
-            info = await probe_audio(sink.path)
+            info = await sink.measure()
         except FfmpegError as exc:
             # The service said "stop" and charged for the song; sending it again would pay twice for the same fault.
             raise BrokenStream(
@@ -495,6 +526,9 @@ class FunMusicClient:
                 retryable=False,
                 audio_delivered=True,
             ) from None
+        if sink.head[:4] == b"RIFF":
+            with contextlib.suppress(ValueError):  # no data chunk: ffmpeg, which just decoded it, disagrees
+                await asyncio.to_thread(repair_wav_file, sink.path)
         path = await asyncio.to_thread(_final_path, sink.path, out_dir, final.request_id, req.format)
         return GenerationResult(
             audio_path=path,
@@ -556,7 +590,7 @@ class FunMusicClient:
     ) -> _Final:
         async def once() -> _Final:
             await report("connecting")
-            await asyncio.to_thread(sink.reset)
+            await sink.start()
             try:
                 return await self._attempt(req, mode, sink, report, tag)
             except ServiceError as exc:
@@ -821,7 +855,7 @@ class FunMusicClient:
         cap = self.download_max_bytes
         if resp.content_length is not None and resp.content_length > cap:
             raise DownloadError(f"the audio is {resp.content_length} bytes, over the {cap}-byte limit")
-        await asyncio.to_thread(sink.reset)
+        await sink.start()
         async for chunk in resp.content.iter_chunked(DOWNLOAD_CHUNK):
             if sink.bytes_written + len(chunk) > cap:
                 raise DownloadError(f"the audio is over the {cap}-byte limit")
@@ -840,17 +874,21 @@ class _StreamState:
 
 
 class _WriteBehind:
-    """Decodes and writes the audio in one worker thread, in order, while the event loop keeps reading.
+    """Writes the audio (to the file and the decode check) in one worker thread, in order, while the loop reads.
 
-    The loop hands over about ``BATCH_BYTES`` of base64 at a time and does not wait for it (a worker that just
-    finished a syscall must win the GIL back from the busy loop, which can take a switch interval); it waits
-    only when more than ``MAX_PENDING_BYTES`` are queued, and for the rest at the end. Decoding off the loop
-    also keeps a multi-MiB event from stalling the bot's other work. Memory stays bounded by those two figures.
-    A bad event (invalid base64) fails its batch, which surfaces before the song can be declared done.
+    Events' base64 is decoded on the loop, each event on its own, as long as an event is small
+    (``INLINE_DECODE_MAX``, well under a millisecond): that is cheaper than in the worker, which has to win the
+    GIL back from the busy loop for every batch (up to a switch interval each time); the worker's writes release
+    the GIL. A larger event is decoded by the worker, so that a multi-MiB one cannot stall the bot's other work.
+
+    The loop hands over about ``BATCH_BYTES`` of base64 at a time and does not wait for it; it waits only when
+    more than ``MAX_PENDING_BYTES`` are queued, and for the rest at the end. Memory stays bounded by those two
+    figures. A bad event (invalid base64) fails at once, or fails its batch, before the song can be declared done.
     """
 
     MAX_PENDING_BYTES = 8 * 1024 * 1024
     BATCH_BYTES = 1024 * 1024  # hand the worker about this much at a time: each hand-over costs a thread wake-up
+    INLINE_DECODE_MAX = 256 * 1024
 
     def __init__(self, sink: _AudioSink, report: _Reporter) -> None:
         self._sink = sink
@@ -858,7 +896,7 @@ class _WriteBehind:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="songbot-audio")
         self._pending: deque[tuple[asyncio.Future[None], int]] = deque()
         self._pending_bytes = 0
-        self._batch: list[str] = []
+        self._batch: list[str | bytes] = []
         self._batch_bytes = 0
         self._request_id: str | None = None
         self.meter = _Meter()
@@ -866,12 +904,15 @@ class _WriteBehind:
     async def submit(self, payloads: list[str], request_id: str | None) -> None:
         """Queue one read's base64 payloads: decoded (each on its own) and written in order by the worker."""
         for payload in payloads:
-            if len(self.meter.head) < HEAD_BYTES:  # the first bytes tell the rate that progress needs
-                self.meter.add(decode_audio(payload, request_id, self.meter.count > 0))
+            self._batch_bytes += len(payload)
+            # the first bytes tell the rate that progress needs, so they are decoded here whatever their size
+            if len(payload) <= self.INLINE_DECODE_MAX or len(self.meter.head) < HEAD_BYTES:
+                data = decode_audio(payload, request_id, self.meter.count > 0)
+                self.meter.add(data)
+                self._batch.append(data)
             else:
                 self.meter.count += _decoded_size(payload)
-            self._batch_bytes += len(payload)
-        self._batch.extend(payloads)
+                self._batch.append(payload)
         self._request_id = request_id
         if self._batch_bytes >= self.BATCH_BYTES:
             await self._hand_over()
