@@ -22,6 +22,10 @@ from services.wav import fix_sizes
 
 #: the pipe into a :class:`DecodeCheck` (Linux's default of 64 KiB would wake ffmpeg every 64 KiB)
 PIPE_BYTES = 1024 * 1024
+#: how much of a pipe a :class:`DecodeCheck` probes before decoding: the format and the stream's parameters are
+#: in the first bytes, and ffmpeg's default (5 MB) makes it hold and test-decode the start first, about a fifth
+#: more work for a WAV song
+PROBE_BYTES = 64 * 1024
 
 
 class FfmpegError(SongbotError):
@@ -223,6 +227,8 @@ class DecodeCheck:
                 "-nostats",
                 "-loglevel",
                 "level+info",
+                "-probesize",
+                str(PROBE_BYTES),
                 "-i",
                 "pipe:0",
                 "-f",
@@ -265,12 +271,17 @@ class DecodeCheck:
             raise FfmpegError("not decodable audio: ffmpeg stopped reading before the end")
         return info
 
-    async def abort(self) -> None:
-        """Stop ffmpeg and forget the audio (a failed or restarted download). Safe to call more than once."""
-        self._close_input()
+    def kill(self) -> None:
+        """Stop ffmpeg now: a :meth:`feed` blocked on it returns. :meth:`abort` still has to follow."""
         if self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
+
+    async def abort(self) -> None:
+        """Stop ffmpeg and forget the audio (a failed or restarted download). Safe to call more than once, but
+        not while a :meth:`feed` is running (its pipe is closed here)."""
+        self.kill()
+        self._close_input()
         with contextlib.suppress(Exception):
             await self._log
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
+import random
 import struct
 from pathlib import Path
 
 import aiohttp
+import psutil
 import pytest
 
+from services import simulator as simulator_module
 from services.errors import (
     AuthError,
     BrokenStream,
@@ -26,8 +30,16 @@ from services.errors import (
     ServiceTimeout,
     ThrottledError,
 )
-from services.ffmpeg import probe_audio, render_test_audio
-from services.funmusic.client import FunMusicClient, _AudioSink, mp3_bitrate, wav_byte_rate
+from services.ffmpeg import (
+    AudioInfo,
+    DecodeCheck,
+    FfmpegError,
+    parse_decode_log,
+    probe_audio,
+    render_test_audio,
+    run_ffmpeg,
+)
+from services.funmusic.client import FunMusicClient, _AudioSink, mp3_bitrate, parse_event_json, wav_byte_rate
 from services.funmusic.errors_map import classify, parse_retry_after
 from services.funmusic.limiter import RateLimiter
 from services.funmusic.request import MODEL_PREVIEW, GenerationRequest, Mode, Progress
@@ -46,6 +58,10 @@ Session = aiohttp.ClientSession
 
 def prompt(fmt: str = "mp3", **kw: object) -> GenerationRequest:
     return GenerationRequest(prompt=PROMPT, format=fmt, **kw)  # type: ignore[arg-type]
+
+
+async def ffmpeg_children() -> list[psutil.Process]:
+    return await asyncio.to_thread(lambda: [p for p in psutil.Process().children() if "ffmpeg" in p.name()])
 
 
 async def files_in(path: Path) -> list[str]:
@@ -363,6 +379,70 @@ async def test_broken_streams(
     assert err.request_id == simulator.requests[-1]["request_id"]
     assert err.audio_delivered
     assert len(simulator.requests) == 3  # retryable: tried max_retries + 1 times
+
+
+async def _undecodable(fmt: str) -> bytes:
+    """A 4 s song that ffmpeg cannot decode to the end: mp3 with garbage in the middle, WAV with half a frame."""
+    audio = await render_test_audio(4.0, fmt=fmt)
+    if fmt == "wav":
+        return audio + b"\x01"  # 16-bit stereo frames are 4 bytes: the last one is cut
+    junk = bytes(random.Random(1).randrange(256) for _ in range(400))
+    middle = len(audio) // 2
+    return audio[:middle] + junk + audio[middle + len(junk) :]
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "wav"])
+@pytest.mark.parametrize("streaming", [True, False], ids=["streaming", "download"])
+async def test_audio_that_does_not_decode_is_a_broken_stream(
+    client: FunMusicClient,
+    simulator: FunMusicSimulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+    streaming: bool,
+) -> None:
+    bad = await _undecodable(fmt)
+
+    async def cached_audio(*_args: object) -> bytes:
+        return bad
+
+    monkeypatch.setattr(simulator_module, "cached_audio", cached_audio)
+    request = prompt(fmt) if streaming else GenerationRequest(lyrics=SHORT_LYRICS, format=fmt)  # type: ignore[arg-type]
+    err = await fail(client, tmp_path, request)
+    assert isinstance(err, BrokenStream) and "does not decode" in str(err)
+    assert err.audio_delivered and not err.retryable  # paid for: asking again would pay twice
+    assert len(simulator.requests) == 1
+
+
+async def test_a_wav_header_that_lies_about_its_size_is_measured_by_decoding(
+    client: FunMusicClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The streamed header claims 1 s of a 4 s song: the decode check reads to the end, the file is repaired."""
+
+    def streamed_wav(audio: bytes) -> bytes:
+        head = bytearray(audio[:4096])
+        data_at = find_data_chunk(head)
+        assert data_at is not None
+        struct.pack_into("<I", head, data_at + 4, 48000 * 4)
+        return bytes(head) + audio[4096:]
+
+    monkeypatch.setattr(simulator_module, "streamed_wav", streamed_wav)
+    result = await client.generate(prompt("wav"), out_dir=tmp_path)
+    assert abs(result.duration_s - 4.0) < 0.1
+    assert result.duration_s == (await probe_audio(result.audio_path)).duration_s
+
+
+@pytest.mark.parametrize(("fmt", "rate", "channels"), [("mp3", 44100, 1), ("mp3", 48000, 2), ("wav", 22050, 1)])
+async def test_measured_duration_rate_and_channels(
+    http_session: Session, tmp_path: Path, fmt: str, rate: int, channels: int
+) -> None:
+    from tests.sim_fixtures import running_simulator
+
+    async with running_simulator(Scenario(duration_s=2.5, sample_rate=rate, channels=channels)) as sim:
+        result = await make_client(http_session, sim).generate(prompt(fmt), out_dir=tmp_path)
+    info = await probe_audio(result.audio_path)
+    assert abs(result.duration_s - 2.5) < 0.1 and result.duration_s == info.duration_s
+    assert (result.sample_rate, result.channels, result.extra["codec"]) == (rate, channels, info.codec)
 
 
 async def test_stall_longer_than_idle_timeout(
@@ -688,6 +768,7 @@ async def test_cancelling_mid_stream_leaves_no_file(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await files_in(tmp_path) == []
+    assert await ffmpeg_children() == []  # the decode check is gone too
 
 
 async def test_a_failing_progress_callback_does_not_fail_the_song(
@@ -699,3 +780,92 @@ async def test_a_failing_progress_callback_does_not_fail_the_song(
     result = await client.generate(prompt(), out_dir=tmp_path, on_progress=on_progress)
     assert abs(result.duration_s - 4.0) < 0.1
     assert "progress callback failed" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------- decode check
+
+
+async def _feed_in_pieces(check: DecodeCheck, audio: bytes, piece: int = 50_000) -> None:
+    for at in range(0, len(audio), piece):
+        await asyncio.to_thread(check.feed, [audio[at : at + piece]])
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "wav"])
+async def test_decode_check_of_a_stream_agrees_with_probing_the_file(tmp_path: Path, fmt: str) -> None:
+    audio = await render_test_audio(3.0, sample_rate=44100, channels=1, fmt=fmt)
+    path = tmp_path / f"a.{fmt}"
+    await asyncio.to_thread(path.write_bytes, audio)
+    check = await DecodeCheck.start()
+    await _feed_in_pieces(check, audio)
+    assert await check.finish() == await probe_audio(path)
+
+
+async def test_decode_check_refuses_what_does_not_decode() -> None:
+    check = await DecodeCheck.start()
+    await _feed_in_pieces(check, await _undecodable("mp3"))
+    with pytest.raises(FfmpegError, match="not decodable"):
+        await check.finish()
+
+
+async def test_decode_check_fails_if_ffmpeg_stops_reading_early(tmp_path: Path) -> None:
+    """An AIFF whose header claims 1 s of 20 s: ffmpeg stops reading there, so the rest was never checked."""
+    await asyncio.to_thread((tmp_path / "a.wav").write_bytes, await render_test_audio(20.0, channels=1, fmt="wav"))
+    await run_ffmpeg("-loglevel", "error", "-i", str(tmp_path / "a.wav"), str(tmp_path / "a.aiff"))
+    aiff = bytearray(await asyncio.to_thread((tmp_path / "a.aiff").read_bytes))
+    sound_at = aiff.find(b"SSND")
+    struct.pack_into(">I", aiff, sound_at + 4, 8 + 48000 * 2)
+    check = await DecodeCheck.start()
+    await _feed_in_pieces(check, bytes(aiff), piece=256 * 1024)
+    with pytest.raises(FfmpegError, match="stopped reading"):
+        await check.finish()
+
+
+async def test_decode_check_abort_stops_ffmpeg() -> None:
+    check = await DecodeCheck.start()
+    await asyncio.to_thread(check.feed, [(await render_test_audio(1.0))[:5000]])
+    await check.abort()
+    await check.abort()
+    assert await ffmpeg_children() == []
+
+
+def test_parse_decode_log() -> None:
+    good = (
+        "  Stream #0:0: Audio: mp3 (mp3float), 44100 Hz, mono, fltp, 128 kb/s\n"
+        "size=N/A time=00:01:02.50 bitrate=N/A speed= 500x\n"
+    )
+    assert parse_decode_log(good, 0) == AudioInfo(duration_s=62.5, sample_rate=44100, channels=1, codec="mp3")
+    five_one = good.replace("mono", "6 channels")
+    assert parse_decode_log(five_one, 0).channels == 6
+    with pytest.raises(FfmpegError):
+        parse_decode_log(good, 183)
+    with pytest.raises(FfmpegError, match="Header missing"):
+        parse_decode_log("[mp3float @ 0x1] [error] Header missing\n" + good, 0)
+    with pytest.raises(FfmpegError):
+        parse_decode_log("size=N/A time=00:00:01.00\n", 0)  # no audio stream
+
+
+EVENTS = [
+    '{"output":{"audio":{"data":"QUJD","id":"a"},"finish_reason":"null"},"request_id":"r"}',
+    '{"output":{"audio":{"data":"QU\\/D"}}}',  # an escaped "/": only json.loads reads that right
+    '{"output":{"audio":{"id":"x","data":"QUJD"}}}',
+    '{"output":{"data":"zz","audio":{"data":"QUJD"}}}',
+    '{"output":{"audio":{"data":"QUJD","data":""}}}',  # a repeated key: the last one counts
+    '{"output":{"audio":{"data":""}}}',
+    '{"x\\"data":"QUJD","output":{"audio":{"data":""}}}',
+    '{"output":{"audio":{"data": "QUJD"}}}',
+    '{"output":{"audio":{"data":"QUJD"}},"output":{"audio":{"id":1}}}',
+    '{"lyrics":"a \\"data\\":\\"b","output":{"audio":{"data":"QUJD"}}}',
+    '{"output":{"audio":{"data":"QUJD"}}',
+    '["data":"x"]',
+]
+
+
+@pytest.mark.parametrize("text", EVENTS)
+def test_parse_event_json_is_json_loads(text: str) -> None:
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            parse_event_json(text)
+        return
+    assert parse_event_json(text) == expected
