@@ -124,7 +124,8 @@ class AudioInfo:
 
 _STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+).*?, (\d+) Hz, (mono|stereo|(\d+) channels)")
 _TIME_RE = re.compile(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)")
-_ERROR_LINE_RE = re.compile(r"^.*\[(?:error|fatal|panic)\].*$", re.MULTILINE)
+#: with ``-loglevel level+info`` a line starts with its contexts (``[in#0/wav @ 0x55d0]``), then its level
+_ERROR_LINE_RE = re.compile(r"^(?:\[[^\[\]\n]* @ 0x[0-9a-fA-F]+\] )*\[(?:error|fatal|panic)\] .*$", re.MULTILINE)
 
 
 def parse_decode_log(log: str, returncode: int) -> AudioInfo:

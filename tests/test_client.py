@@ -839,7 +839,11 @@ def test_parse_decode_log() -> None:
     with pytest.raises(FfmpegError):
         parse_decode_log(good, 183)
     with pytest.raises(FfmpegError, match="Header missing"):
-        parse_decode_log("[mp3float @ 0x1] [error] Header missing\n" + good, 0)
+        parse_decode_log("[mp3float @ 0x55d0] [error] Header missing\n" + good, 0)
+    with pytest.raises(FfmpegError, match="Task finished"):
+        parse_decode_log("[aist#0:0/mp3 @ 0x5a] [dec:mp3float @ 0x5b] [error] Task finished with error\n" + good, 0)
+    tagged = "[info]     title           : [error] a song called [fatal]\n" + good  # the song's tags, not ffmpeg
+    assert parse_decode_log(tagged, 0).duration_s == 62.5
     with pytest.raises(FfmpegError):
         parse_decode_log("size=N/A time=00:00:01.00\n", 0)  # no audio stream
 
