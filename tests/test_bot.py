@@ -84,3 +84,13 @@ def test_missing_token_is_one_line_not_a_traceback(tmp_path: Path) -> None:
 def test_unknown_subcommand(tmp_path: Path) -> None:
     result = _run_bot("dance", env={"SONGBOT_DATA_DIR": str(tmp_path)})
     assert result.returncode == 2 and "unknown command 'dance'" in result.stderr
+
+
+async def test_without_a_key_the_bot_runs_against_its_own_simulator(tmp_path: Path) -> None:
+    async with running_bot(tmp_path, DASHSCOPE_API_KEY="") as h:
+        assert h.bot.services.simulator is not None
+        assert "SIMULATED music" in h.logs.text
+        iid = await h.song({"prompt": "a sea shanty about simulated whales"})
+        final = await h.wait_final(iid, timeout=30)
+        assert any(a.filename.endswith(".mp3") for a in final.attachments)
+        assert h.sim.requests == []  # the test's simulator was not used: the bot's own one was
