@@ -26,6 +26,7 @@ PIPE_BYTES = 1024 * 1024
 #: in the first bytes, and ffmpeg's default (5 MB) makes it hold and test-decode the start first, about a fifth
 #: more work for a WAV song
 PROBE_BYTES = 64 * 1024
+WAV_INPUT = ("-f", "wav", "-ignore_length", "1", "-max_size", str(256 * 1024))
 
 
 class FfmpegError(SongbotError):
@@ -215,8 +216,15 @@ class DecodeCheck:
         self._stopped_reading = False
 
     @classmethod
-    async def start(cls) -> DecodeCheck:
-        """Start ffmpeg on an empty pipe; it finds the format from the first bytes, as it would in a file."""
+    async def start(cls, head: bytes) -> DecodeCheck:
+        """Start ffmpeg on an empty pipe, for audio that begins with ``head`` (its first few KiB will do).
+
+        A WAV (``RIFF``...``WAVE``) is read as WAV whatever its header's sizes say (``-ignore_length``): a streamed
+        header's are placeholders, or wrong, and the samples run to the end of the stream, which is what
+        :func:`services.wav.repair_wav_file` writes into the file afterwards. Its packets are made bigger than
+        the 16 KiB default, which halves ffmpeg's work for PCM. Anything else is probed, as in a file.
+        """
+        source = WAV_INPUT if head[:4] == b"RIFF" and head[8:12] == b"WAVE" else ()
         exe = await ffmpeg_path()
         read_fd, write_fd = os.pipe()
         try:
@@ -230,6 +238,7 @@ class DecodeCheck:
                 "level+info",
                 "-probesize",
                 str(PROBE_BYTES),
+                *source,
                 "-i",
                 "pipe:0",
                 "-f",

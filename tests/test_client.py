@@ -785,9 +785,12 @@ async def test_a_failing_progress_callback_does_not_fail_the_song(
 # ------------------------------------------------------------------------------------------- decode check
 
 
-async def _feed_in_pieces(check: DecodeCheck, audio: bytes, piece: int = 50_000) -> None:
+async def _checked(audio: bytes, piece: int = 50_000) -> DecodeCheck:
+    """A decode check fed ``audio`` in pieces, as a stream would: what remains is :meth:`DecodeCheck.finish`."""
+    check = await DecodeCheck.start(audio[:4096])
     for at in range(0, len(audio), piece):
         await asyncio.to_thread(check.feed, [audio[at : at + piece]])
+    return check
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "wav"])
@@ -795,16 +798,25 @@ async def test_decode_check_of_a_stream_agrees_with_probing_the_file(tmp_path: P
     audio = await render_test_audio(3.0, sample_rate=44100, channels=1, fmt=fmt)
     path = tmp_path / f"a.{fmt}"
     await asyncio.to_thread(path.write_bytes, audio)
-    check = await DecodeCheck.start()
-    await _feed_in_pieces(check, audio)
-    assert await check.finish() == await probe_audio(path)
+    assert await (await _checked(audio)).finish() == await probe_audio(path)
+
+
+@pytest.mark.parametrize("claimed", [0xFFFFFFFF, 0, 48000 * 4], ids=["placeholder", "zero", "one-second"])
+async def test_decode_check_reads_a_streamed_wav_to_the_end(claimed: int) -> None:
+    wav = bytearray(await render_test_audio(3.0, fmt="wav"))
+    data_at = find_data_chunk(wav[:4096])
+    assert data_at is not None
+    struct.pack_into("<I", wav, 4, claimed)
+    struct.pack_into("<I", wav, data_at + 4, claimed)
+    info = await (await _checked(bytes(wav))).finish()
+    assert (info.duration_s, info.sample_rate, info.channels) == (3.0, 48000, 2)
 
 
 async def test_decode_check_refuses_what_does_not_decode() -> None:
-    check = await DecodeCheck.start()
-    await _feed_in_pieces(check, await _undecodable("mp3"))
-    with pytest.raises(FfmpegError, match="not decodable"):
-        await check.finish()
+    for fmt in ("mp3", "wav"):
+        check = await _checked(await _undecodable(fmt))
+        with pytest.raises(FfmpegError, match="not decodable"):
+            await check.finish()
 
 
 async def test_decode_check_fails_if_ffmpeg_stops_reading_early(tmp_path: Path) -> None:
@@ -814,15 +826,13 @@ async def test_decode_check_fails_if_ffmpeg_stops_reading_early(tmp_path: Path) 
     aiff = bytearray(await asyncio.to_thread((tmp_path / "a.aiff").read_bytes))
     sound_at = aiff.find(b"SSND")
     struct.pack_into(">I", aiff, sound_at + 4, 8 + 48000 * 2)
-    check = await DecodeCheck.start()
-    await _feed_in_pieces(check, bytes(aiff), piece=256 * 1024)
+    check = await _checked(bytes(aiff), piece=256 * 1024)
     with pytest.raises(FfmpegError, match="stopped reading"):
         await check.finish()
 
 
 async def test_decode_check_abort_stops_ffmpeg() -> None:
-    check = await DecodeCheck.start()
-    await asyncio.to_thread(check.feed, [(await render_test_audio(1.0))[:5000]])
+    check = await _checked((await render_test_audio(1.0))[:5000])
     await check.abort()
     await check.abort()
     assert await ffmpeg_children() == []

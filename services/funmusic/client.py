@@ -127,22 +127,6 @@ def wav_byte_rate(head: bytes | bytearray) -> tuple[int, int] | None:
     return None
 
 
-def _sizes_to_the_end(chunks: Sequence[bytes]) -> Sequence[bytes]:
-    """A file's first chunks, for the decode check: a WAV header's sizes set to 0xFFFFFFFF, "up to the end".
-
-    A streamed header's sizes are placeholders, or maybe wrong, and ffmpeg reading a pipe believes them. The
-    file gets its true sizes at the end (:func:`repair_wav_file`), and "up to the end" says exactly that. A
-    header that does not fit the first chunk is left as it is, for ffmpeg to judge.
-    """
-    data_at = find_data_chunk(chunks[0][:HEAD_BYTES]) if chunks and chunks[0][:4] == b"RIFF" else None
-    if data_at is None:
-        return chunks
-    header = bytearray(chunks[0][: data_at + 8])
-    struct.pack_into("<I", header, 4, 0xFFFFFFFF)
-    struct.pack_into("<I", header, data_at + 4, 0xFFFFFFFF)
-    return [bytes(header), chunks[0][data_at + 8 :], *chunks[1:]]
-
-
 def _decoded_size(payload: str) -> int:
     """Bytes that valid base64 decodes to (progress only: the worker decodes, and checks, for real)."""
     return len(payload) // 4 * 3 - (2 if payload.endswith("==") else 1 if payload.endswith("=") else 0)
@@ -200,15 +184,20 @@ class _AudioSink:
         self._check: DecodeCheck | None = None
 
     async def start(self) -> None:
-        """Start (or start over) with an empty file and an ffmpeg decoding whatever is written to it."""
+        """Start (or start over) with an empty file."""
         await self.stop_check()
         await asyncio.to_thread(self.reset)
-        self._check = await DecodeCheck.start()
+
+    async def begin_check(self, head: bytes) -> None:
+        """Start the ffmpeg that decodes what is written from now on: audio that begins with ``head``."""
+        assert self._check is None, "one check per start()"
+        self._check = await DecodeCheck.start(head)
 
     async def measure(self) -> AudioInfo:
         """Everything is written: what decoding it says. Raises :class:`FfmpegError` if it does not decode."""
         check, self._check = self._check, None
-        assert check is not None, "start() first"
+        if check is None:
+            raise FfmpegError("not decodable audio: there is none")
         return await check.finish()
 
     def kill_check(self) -> None:
@@ -283,7 +272,7 @@ class _AudioSink:
         """*Blocking.* To ffmpeg first, so that it decodes while the file is written."""
         assert self._fh is not None
         if self._check is not None:
-            self._check.feed(_sizes_to_the_end(chunks) if self.meter.count == 0 else chunks)
+            self._check.feed(chunks)
         write_all(self._fh.fileno(), chunks)
 
     def close(self) -> None:
@@ -738,7 +727,9 @@ class FunMusicClient:
         final = _final_from(obj, None)
         data = _as_dict(output.get("audio")).get("data")
         if isinstance(data, str) and data:
-            await asyncio.to_thread(sink.write_stream_payloads, [data], final.request_id)
+            audio = await asyncio.to_thread(decode_audio, data, final.request_id, False)
+            await sink.begin_check(audio[:HEAD_BYTES])
+            await asyncio.to_thread(sink.write_chunks, [audio])
         if not sink.bytes_written and not final.url:
             raise BrokenStream("DashScope finished without audio or a url", request_id=final.request_id)
         log.info("fun-music %s request_id=%s finished (non-streaming)", tag, final.request_id)
@@ -890,6 +881,8 @@ class FunMusicClient:
         async for chunk in resp.content.iter_chunked(DOWNLOAD_CHUNK):
             if sink.bytes_written + len(chunk) > cap:
                 raise DownloadError(f"the audio is over the {cap}-byte limit")
+            if not sink.bytes_written:
+                await sink.begin_check(chunk[:HEAD_BYTES])
             await asyncio.to_thread(sink.write_raw, chunk)
             await report("downloading", sink.bytes_written, sink.seconds())
         if resp.content_length is not None and sink.bytes_written != resp.content_length:
@@ -930,6 +923,7 @@ class _WriteBehind:
         self._batch: list[str | bytes] = []
         self._batch_bytes = 0
         self._request_id: str | None = None
+        self._checking = False
         self.meter = _Meter()
 
     async def submit(self, payloads: list[str], request_id: str | None) -> None:
@@ -952,6 +946,9 @@ class _WriteBehind:
     async def _hand_over(self) -> None:
         if not self._batch:
             return
+        if not self._checking:  # the first bytes are in: they tell ffmpeg what it is about to decode
+            await self._sink.begin_check(bytes(self.meter.head))
+            self._checking = True
         batch, size = self._batch, self._batch_bytes
         self._batch, self._batch_bytes = [], 0
         loop = asyncio.get_running_loop()
