@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import os
 import re
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +22,10 @@ from services.wav import fix_sizes
 
 #: the pipe into a :class:`DecodeCheck` (Linux's default of 64 KiB would wake ffmpeg every 64 KiB)
 PIPE_BYTES = 1024 * 1024
-#: how much of a pipe a :class:`DecodeCheck` probes before decoding: the format and the stream's parameters are
-#: in the first bytes, and ffmpeg's default (5 MB) makes it hold and test-decode the start first, about a fifth
-#: more work for a WAV song
+#: how much of a pipe a :class:`DecodeCheck` probes: the format and the stream's parameters are in the first
+#: bytes, and probing ffmpeg's default 5 MB cost a fifth of its work on a WAV song (measured, bench/stream.py)
 PROBE_BYTES = 64 * 1024
+#: a WAV read to the end of the pipe (see :meth:`DecodeCheck.start`), in packets of 256 KiB, not 16 KiB
 WAV_INPUT = ("-f", "wav", "-ignore_length", "1", "-max_size", str(256 * 1024))
 
 
@@ -204,9 +204,9 @@ class DecodeCheck:
     which is the backpressure), so call it from a worker thread, in order. The log is read on the loop meanwhile.
 
     Unlike :func:`probe_audio` this runs without ``-xerror``: a stream's length is unknown until it ends, so the
-    last read of a WAV whose sizes say "to the end" comes up short, which ffmpeg flags as a corrupt packet and
-    ``-xerror`` would make fatal. Every decoding error is still logged at error level, and any error-level line
-    fails the check (:func:`parse_decode_log`); the last read is only a warning.
+    last read of a WAV read to the end comes up short, which ffmpeg flags as a corrupt packet and ``-xerror``
+    would make fatal. Every decoding error is still logged at error level, and any error-level line fails the
+    check (:func:`parse_decode_log`); that last read is only a warning.
     """
 
     def __init__(self, proc: asyncio.subprocess.Process, fd: int) -> None:
@@ -214,6 +214,7 @@ class DecodeCheck:
         self._fd: int | None = fd
         self._log = asyncio.ensure_future(proc.communicate())
         self._stopped_reading = False
+        self._lock = threading.Lock()  # held by feed() while it writes: the pipe is never closed under a write
 
     @classmethod
     async def start(cls, head: bytes) -> DecodeCheck:
@@ -228,7 +229,9 @@ class DecodeCheck:
         exe = await ffmpeg_path()
         read_fd, write_fd = os.pipe()
         try:
-            with contextlib.suppress(OSError, AttributeError):  # Linux: a bigger pipe means fewer wake-ups
+            with contextlib.suppress(ImportError, AttributeError, OSError):  # Linux only: fewer wake-ups
+                import fcntl
+
                 fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
             proc = await asyncio.create_subprocess_exec(
                 exe,
@@ -257,15 +260,19 @@ class DecodeCheck:
 
     def feed(self, chunks: Sequence[bytes]) -> None:
         """*Blocking.* Send the next bytes to ffmpeg. If it has stopped reading, :meth:`finish` will say why."""
-        if self._fd is None or self._stopped_reading:
-            return
-        try:
-            write_all(self._fd, chunks)
-        except BrokenPipeError:
-            self._stopped_reading = True
+        with self._lock:
+            if self._fd is None or self._stopped_reading:
+                return
+            try:
+                write_all(self._fd, chunks)
+            except BrokenPipeError:
+                self._stopped_reading = True
 
     async def finish(self, timeout: float = 300.0) -> AudioInfo:
-        """End of the audio: wait for ffmpeg to decode the rest. Raises :class:`FfmpegError` if it did not decode."""
+        """End of the audio (no :meth:`feed` may be running): wait for ffmpeg to decode the rest.
+
+        Raises :class:`FfmpegError` if it did not decode.
+        """
         self._close_input()
         try:
             out = await asyncio.wait_for(asyncio.shield(self._log), timeout)
@@ -288,14 +295,15 @@ class DecodeCheck:
                 self._proc.kill()
 
     async def abort(self) -> None:
-        """Stop ffmpeg and forget the audio (a failed or restarted download). Safe to call more than once, but
-        not while a :meth:`feed` is running (its pipe is closed here)."""
+        """Stop ffmpeg and forget the audio (a failed or restarted download). Safe to call more than once."""
         self.kill()
-        self._close_input()
+        await asyncio.to_thread(self._close_input)  # after a feed that is still running, which ffmpeg's end ends
         with contextlib.suppress(Exception):
             await self._log
 
     def _close_input(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        """Blocking while a :meth:`feed` runs."""
+        with self._lock:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)

@@ -538,7 +538,9 @@ class FunMusicClient:
         """Take the decode check's measure of the audio, repair a streamed WAV's sizes, and name the file."""
         try:
             info = await sink.measure()
-        except FfmpegError as exc:
+            if sink.head[:4] == b"RIFF":  # ValueError: no data chunk in the first 64 KiB, so no sizes to set
+                await asyncio.to_thread(repair_wav_file, sink.path)
+        except (FfmpegError, ValueError) as exc:
             # The service said "stop" and charged for the song; sending it again would pay twice for the same fault.
             raise BrokenStream(
                 f"the assembled audio does not decode: {exc}",
@@ -546,9 +548,6 @@ class FunMusicClient:
                 retryable=False,
                 audio_delivered=True,
             ) from None
-        if sink.head[:4] == b"RIFF":
-            with contextlib.suppress(ValueError):  # no data chunk: ffmpeg, which just decoded it, disagrees
-                await asyncio.to_thread(repair_wav_file, sink.path)
         path = await asyncio.to_thread(_final_path, sink.path, out_dir, final.request_id, req.format)
         return GenerationResult(
             audio_path=path,
