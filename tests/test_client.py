@@ -768,7 +768,26 @@ async def test_cancelling_mid_stream_leaves_no_file(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await files_in(tmp_path) == []
-    assert await ffmpeg_children() == []  # the decode check is gone too
+
+
+async def test_cancelling_while_ffmpeg_checks_the_stream_stops_it(
+    client: FunMusicClient, simulator: FunMusicSimulator, tmp_path: Path
+) -> None:
+    simulator.scenario = Scenario(duration_s=12.0, chunk_bytes=65536, chunk_delay_s=0.01)
+    halfway = asyncio.Event()
+
+    async def on_progress(p: Progress) -> None:
+        if p.bytes_received > 1_500_000:  # the worker has had its first batch: the decode check is running
+            halfway.set()
+
+    task = asyncio.create_task(client.generate(prompt("wav"), out_dir=tmp_path, on_progress=on_progress))
+    await asyncio.wait_for(halfway.wait(), 10)
+    assert len(await ffmpeg_children()) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await ffmpeg_children() == []
+    assert await files_in(tmp_path) == []
 
 
 async def test_a_failing_progress_callback_does_not_fail_the_song(
