@@ -47,7 +47,7 @@ from services.settings import Secret, load_settings
 from services.simulator import FunMusicSimulator, Scenario
 from services.wav import find_data_chunk
 from tests import sim_fixtures
-from tests.sim_fixtures import SIM_KEY, make_client
+from tests.sim_fixtures import SIM_KEY, make_client, running_simulator
 
 simulator, http_session, client = sim_fixtures.simulator, sim_fixtures.http_session, sim_fixtures.client
 
@@ -902,3 +902,13 @@ def test_parse_event_json_is_json_loads(text: str) -> None:
             parse_event_json(text)
         return
     assert parse_event_json(text) == expected
+
+
+async def test_a_stream_larger_than_the_cap_is_refused(http_session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    async with running_simulator(Scenario(duration_s=4.0, chunk_bytes=8192)) as sim:
+        capped = make_client(http_session, sim, download_max_bytes=20_000)
+        with pytest.raises(DownloadError) as caught:
+            await capped.generate(GenerationRequest(prompt="a long song about too many bytes"), out_dir=tmp_path)
+        assert "cap" in str(caught.value) and not caught.value.retryable
+        assert len(sim.requests) == 1
+        assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []

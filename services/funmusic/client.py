@@ -786,6 +786,12 @@ class FunMusicClient:
                 if isinstance(data, str) and data:
                     payloads.append(data)
                     state.audio_seen = True
+                    state.audio_bytes += len(data) * 3 // 4
+                    if state.audio_bytes > self.download_max_bytes:
+                        raise DownloadError(
+                            f"the streamed song passed the {self.download_max_bytes}-byte cap",
+                            request_id=state.request_id,
+                        )
                 if _is_stop(output):
                     final = _final_from(obj, state.request_id)
                     break
@@ -894,6 +900,7 @@ class _StreamState:
     request_id: str | None = None
     events: int = 0
     audio_seen: bool = False
+    audio_bytes: int = 0  # decoded size so far, from the base64 lengths
 
 
 class _WriteBehind:
