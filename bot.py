@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from services.jobs import JobManager
 from services.logs import setup_logging
 from services.policy import Policy
 from services.settings import Settings, load_settings
+from services.signals import stop_on_signals
 from services.store import Store
 
 log = logging.getLogger("songbot")
@@ -227,11 +227,8 @@ async def run_bot(settings: Settings, *, force_sync: bool = False, sync_only: bo
     point_at_discord(settings)
     await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True)
     bot = SongBot(settings, force_sync=force_sync, sync_only=sync_only)
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
     async with bot:
         if sync_only:
             await bot.login(settings.discord_token.reveal())

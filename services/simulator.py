@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import re
-import signal
 import struct
 import sys
 import time
@@ -33,6 +31,7 @@ from aiohttp import web
 from services.ffmpeg import ffmpeg_exe, render_test_audio
 from services.funmusic.request import FORMATS, GENDERS, MODEL_PREVIEW, MODELS
 from services.settings import Secret, Settings
+from services.signals import stop_on_signals
 from services.wav import find_data_chunk
 
 log = logging.getLogger(__name__)
@@ -530,10 +529,7 @@ async def _serve_forever(args: _Args) -> None:
     sys.stdout.write(f"{base_url}\n")
     sys.stdout.flush()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
     try:
         await stop.wait()
     finally:
