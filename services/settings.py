@@ -6,6 +6,7 @@ and what to put there. Secrets are kept in :class:`Secret`, whose ``repr``/``str
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -128,6 +129,27 @@ def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[
     return raw.rstrip("/")
 
 
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _dashscope_base_url(env: Mapping[str, str]) -> str:
+    """Plain http only to this machine (the simulator, tests): anywhere else it would send the API key in clear."""
+    url = _url(env, "DASHSCOPE_BASE_URL", DEFAULT_BASE_URL, ("https", "http")) or DEFAULT_BASE_URL
+    parsed = urlparse(url)
+    if parsed.scheme == "http" and not _is_loopback(parsed.hostname or ""):
+        raise ConfigError(
+            f"DASHSCOPE_BASE_URL must use https:// for {parsed.hostname}: plain http:// would send the API key "
+            "in clear text (http is allowed only for localhost)."
+        )
+    return url
+
+
 def _int_required(value: int | None) -> int:
     assert value is not None
     return value
@@ -158,7 +180,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
     return Settings(
         discord_token=Secret(token),
         dashscope_api_key=Secret(env.get("DASHSCOPE_API_KEY", "").strip()),
-        dashscope_base_url=_url(env, "DASHSCOPE_BASE_URL", DEFAULT_BASE_URL, ("https", "http")) or DEFAULT_BASE_URL,
+        dashscope_base_url=_dashscope_base_url(env),
         fun_music_model=model,
         simulate=_bool(env, "SONGBOT_SIMULATE", False),
         log_level=level,

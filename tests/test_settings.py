@@ -25,6 +25,8 @@ BASE = {"DISCORD_TOKEN": "discord-token-value", "DASHSCOPE_API_KEY": "sk-secret-
         ({**BASE, "SONGBOT_SIMULATE": "maybe"}, "SONGBOT_SIMULATE must be 1 or 0"),
         ({**BASE, "DATABASE_URL": "mysql://x"}, "DATABASE_URL must start with"),
         ({**BASE, "SONGBOT_IDLE_TIMEOUT": "-1"}, "SONGBOT_IDLE_TIMEOUT must be between"),
+        ({**BASE, "DASHSCOPE_BASE_URL": "http://dashscope.aliyuncs.com/api/v1"}, "DASHSCOPE_BASE_URL must use https"),
+        ({**BASE, "DASHSCOPE_BASE_URL": "http://10.0.0.7:8080/api/v1"}, "would send the API key in clear text"),
     ],
 )
 def test_bad_settings_are_one_sentence(env: dict[str, str], message: str) -> None:
@@ -42,6 +44,11 @@ def test_defaults_and_simulation() -> None:
     assert load_settings({"DISCORD_TOKEN": "t"}).simulated  # no key: the simulator
     assert load_settings({**BASE, "SONGBOT_SIMULATE": "1"}).simulated
     assert load_settings({"DASHSCOPE_API_KEY": "k"}, require_discord=False).discord_token.reveal() == ""
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/api/v1", "http://localhost/api/v1", "http://[::1]:9/v1"])
+def test_plain_http_is_allowed_to_this_machine(url: str) -> None:
+    assert load_settings({**BASE, "DASHSCOPE_BASE_URL": url}).dashscope_base_url == url
 
 
 def test_secrets_never_show() -> None:
