@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,27 +157,33 @@ class SongBot(commands.Bot):
         )
         return Services(settings, self.clock, session, client, store, policy, jobs, work_dir, simulator)
 
-    def _command_fingerprint(self) -> str:
-        payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
     async def _sync_commands(self) -> None:
-        """Sync only when the command set changed (or when asked): Discord limits command creates per day."""
+        """Sync when what Discord has for this application differs from the tree (or when asked).
+
+        Decided from Discord itself (one GET), not from a record on disk: a new application (another token), commands
+        deleted in the Developer Portal or a second checkout all get their commands, and an unchanged set is not
+        pushed again (Discord limits command creates per day).
+        """
         guild = discord.Object(self.settings.dev_guild_id) if self.settings.dev_guild_id else None
-        marker = self.settings.data_dir / f"commands-{guild.id if guild else 'global'}.sha256"
-        fingerprint = self._command_fingerprint()
-        previous = await asyncio.to_thread(_read_text, marker)
-        if previous == fingerprint and not self.force_sync:
-            log.info("slash commands unchanged; not syncing")
-            return
         if guild is not None:
             self.tree.copy_global_to(guild=guild)
+        wanted = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
+        if not self.force_sync:
+            app_id = self.application_id
+            assert app_id is not None  # set by login, before setup_hook
+            if guild is not None:
+                present = await self.http.get_guild_commands(app_id, guild.id)
+            else:
+                present = await self.http.get_global_commands(app_id)
+            if commands_match(wanted, list(present)):
+                log.info("slash commands unchanged; not syncing")
+                return
+        if guild is not None:
             synced = await self.tree.sync(guild=guild)
             log.info("synced %d commands to guild %s", len(synced), guild.id)
         else:
             synced = await self.tree.sync()
             log.info("synced %d global commands (they may take up to an hour to appear)", len(synced))
-        await asyncio.to_thread(marker.write_text, fingerprint)
 
     async def _recover_interrupted_jobs(self) -> None:
         """Jobs that were running when the bot stopped: marked interrupted, refunded, and their channels told."""
@@ -216,11 +221,43 @@ class SongBot(commands.Bot):
             self._services = None
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        return None
+#: Fields Discord fills in itself when a command leaves them out (``None`` locally means "Discord's default").
+_SERVER_DEFAULTED = frozenset({"contexts", "integration_types", "name_localizations", "description_localizations"})
+
+
+def _empty(value: object) -> bool:
+    return value is None or value is False or value == [] or value == {}
+
+
+def _same(local: object, remote: object, key: str = "") -> bool:
+    """Whether Discord's copy says what the local payload says; Discord leaves out empty fields (``required:
+    false``, no options) and may add fields of its own (``id``, ``version``), which are not differences."""
+    if isinstance(local, dict):
+        theirs = remote if isinstance(remote, dict) else {}
+        return all(
+            (name in _SERVER_DEFAULTED and value is None) or _same(value, theirs.get(name), name)
+            for name, value in local.items()
+        )
+    if isinstance(local, list):
+        theirs_list = remote if isinstance(remote, list) else []
+        return len(local) == len(theirs_list) and all(_same(a, b) for a, b in zip(local, theirs_list, strict=True))
+    if _empty(local) and _empty(remote):
+        return True
+    if key == "default_member_permissions" and local is not None and remote is not None:
+        return str(local) == str(remote)  # Discord answers with a string
+    return local == remote
+
+
+def commands_match(wanted: list[dict[str, Any]], present: list[Any]) -> bool:
+    """Whether the commands Discord has (``present``, as fetched) are exactly the ones the tree would sync."""
+
+    def key(command: Mapping[str, Any]) -> tuple[str, int]:
+        return str(command["name"]), int(command.get("type") or 1)
+
+    theirs = {key(command): command for command in present}
+    if len(theirs) != len(present) or set(theirs) != {key(command) for command in wanted}:
+        return False
+    return all(_same(command, theirs[key(command)]) for command in wanted)
 
 
 async def run_bot(settings: Settings, *, force_sync: bool = False, sync_only: bool = False) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import REQUIRED_PERMISSIONS, print_invite
+from bot import REQUIRED_PERMISSIONS, commands_match, print_invite
 from services.settings import load_settings
 from tests.e2e import TOKEN, e2e_env, running_bot
 from tests.fakes.discord import FakeDiscord, point_discord_py_at
@@ -31,6 +31,67 @@ async def test_commands_sync_only_when_they_changed(tmp_path: Path) -> None:
         assert len(fake.command_syncs) == 1  # unchanged: no second sync
 
 
+async def test_a_new_application_on_the_same_data_dir_gets_its_commands(tmp_path: Path) -> None:
+    """Tried with a test application, then the production token in .env: the new application has no commands."""
+    async with FakeDiscord(token=TOKEN) as first:
+        async with running_bot(tmp_path, fake=first):
+            pass
+        assert len(first.command_syncs) == 1
+    async with FakeDiscord(token=TOKEN) as second:
+        assert second.application_id != first.application_id
+        async with running_bot(tmp_path, fake=second) as h:
+            assert "not syncing" not in h.logs.text
+        assert len(second.command_syncs) == 1
+        assert {"song", "songconfig", "songusage", "songhistory", "songdata"} <= {c["name"] for c in second.commands()}
+
+
+async def test_commands_deleted_or_changed_in_discord_are_synced_again(tmp_path: Path) -> None:
+    async with FakeDiscord(token=TOKEN) as fake:
+        async with running_bot(tmp_path, fake=fake):
+            pass
+        fake.state.commands[None] = []  # deleted in the Developer Portal
+        async with running_bot(tmp_path, fake=fake):
+            pass
+        assert len(fake.command_syncs) == 2 and any(c["name"] == "song" for c in fake.commands())
+        song = next(c for c in fake.commands() if c["name"] == "song")
+        song["options"] = song["options"][:-1]  # an older version of the command (no `private` option)
+        async with running_bot(tmp_path, fake=fake):
+            pass
+        assert len(fake.command_syncs) == 3
+        assert [o["name"] for o in next(c for c in fake.commands() if c["name"] == "song")["options"]][-1] == "private"
+
+
+def test_discord_leaving_out_empty_fields_is_no_difference() -> None:
+    wanted = [
+        {
+            "name": "song",
+            "type": 1,
+            "description": "d",
+            "options": [{"type": 5, "name": "private", "description": "p", "required": False}],
+            "nsfw": False,
+            "default_member_permissions": 32,
+            "contexts": None,
+            "integration_types": None,
+        }
+    ]
+    present = [
+        {
+            "id": "1",
+            "version": "2",
+            "name": "song",
+            "type": 1,
+            "description": "d",
+            "options": [{"type": 5, "name": "private", "description": "p"}],
+            "default_member_permissions": "32",
+            "integration_types": [0],
+        }
+    ]
+    assert commands_match(wanted, present)
+    assert not commands_match(wanted, [*present, {"name": "old", "type": 1, "description": "gone"}])
+    assert not commands_match(wanted, [{**present[0], "default_member_permissions": None}])
+    assert not commands_match(wanted, [{**present[0], "description": "other"}])
+
+
 async def test_dev_guild_gets_the_global_commands_at_once(tmp_path: Path) -> None:
     async with FakeDiscord(token=TOKEN) as fake:
         async with running_bot(tmp_path, fake=fake, DEV_GUILD_ID=str(fake.guild.id)):
@@ -49,6 +110,9 @@ async def test_dev_guild_gets_the_global_commands_at_once(tmp_path: Path) -> Non
         ]
         config = next(c for c in fake.commands(fake.guild) if c["name"] == "songconfig")
         assert int(config["default_member_permissions"]) == 32  # Manage Server
+        async with running_bot(tmp_path, fake=fake, DEV_GUILD_ID=str(fake.guild.id)):
+            pass
+        assert len(fake.command_syncs) == 1  # the guild's commands are compared, and they are unchanged
 
 
 async def test_invite_url_has_the_documented_permissions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
