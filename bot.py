@@ -1,9 +1,10 @@
-"""songbot's entry point.
+"""songbot's entry point: ``python bot.py`` in a checkout, or the ``songbot`` command once installed.
 
-``python bot.py``            run the Discord bot
-``python bot.py generate …`` make one song from the command line (see ``python bot.py generate --help``)
-``python bot.py sync``       push the slash commands to Discord now, then exit
-``python bot.py invite``     print the url that adds the bot to a server
+``songbot``              run the Discord bot
+``songbot generate …``   make one song from the command line (see ``songbot generate --help``)
+``songbot sync``         push the slash commands to Discord now, then exit
+``songbot invite``       print the url that adds the bot to a server
+``songbot --version``    print the version
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import discord
 import yarl
 from discord import app_commands
 from discord.ext import commands
-from dotenv import load_dotenv
+from dotenv import find_dotenv, load_dotenv
 
 from services.clock import Clock, SystemClock
 from services.errors import ConfigError, SongbotError
@@ -292,16 +293,48 @@ async def print_invite(settings: Settings) -> None:
         )
 
 
+USAGE = """\
+usage: songbot [run | generate ... | sync | invite] [--help] [--version]
+       (or python bot.py ... in a checkout)
+
+  run         run the Discord bot (the default)
+  generate    make one song from the command line; songbot generate --help for its options
+  sync        push the slash commands to Discord now, then exit
+  invite      print the url that adds the bot to a server
+
+Settings come from the environment and from .env in the current directory (see .env.example)."""
+
+
+def version() -> str:
+    """The installed version (from the checkout's pyproject.toml when ``python bot.py`` runs uninstalled)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("songbot")
+    except PackageNotFoundError:
+        import tomllib
+
+        with (Path(__file__).resolve().parent / "pyproject.toml").open("rb") as fh:
+            return str(tomllib.load(fh)["project"]["version"])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    load_dotenv()
+    if argv[:1] in (["-h"], ["--help"], ["help"]):
+        print(USAGE)
+        return 0
+    if argv[:1] in (["-V"], ["--version"]):
+        print(f"songbot {version()}")
+        return 0
+    load_dotenv(find_dotenv(usecwd=True))  # the operator's .env where they run it (an installed bot.py is elsewhere)
     command = argv[0] if argv else "run"
     if command == "generate":
         from services.cli import run_generate
 
         return run_generate(argv[1:])
     if command not in ("run", "sync", "invite"):
-        print(f"error: unknown command {command!r}; use run, generate, sync or invite.", file=sys.stderr)
+        print(f"error: unknown command {command!r}; use run, generate, sync or invite (see --help).", file=sys.stderr)
         return 2
     try:
         settings = load_settings()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,17 @@ def test_missing_token_is_one_line_not_a_traceback(tmp_path: Path) -> None:
 def test_unknown_subcommand(tmp_path: Path) -> None:
     result = _run_bot("dance", env={"SONGBOT_DATA_DIR": str(tmp_path)})
     assert result.returncode == 2 and "unknown command 'dance'" in result.stderr
+
+
+def test_help_and_version(tmp_path: Path) -> None:
+    for flag in ("--help", "-h"):
+        result = _run_bot(flag, env={"SONGBOT_DATA_DIR": str(tmp_path)})
+        assert result.returncode == 0 and result.stdout.startswith("usage: songbot"), result.stderr
+        assert all(word in result.stdout for word in ("generate", "sync", "invite"))
+    result = _run_bot("--version", env={"SONGBOT_DATA_DIR": str(tmp_path)})
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert result.returncode == 0 and result.stdout.strip() == f"songbot {pyproject['project']['version']}"
+    assert pyproject["project"]["scripts"]["songbot"] == "bot:main"
 
 
 async def test_without_a_key_the_bot_runs_against_its_own_simulator(tmp_path: Path) -> None:
