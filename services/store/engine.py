@@ -9,7 +9,10 @@ interleave with another one:
   WAL mode lets readers carry on while one writer works.
 * PostgreSQL: ``pg_advisory_xact_lock`` on one fixed key, released at commit or rollback. Writes are small and
   rare (a few per song), so one lock for all of them is cheaper to reason about than row locks on rows that may
-  not exist yet (today's usage) or on aggregates (a server's total, the global budget).
+  not exist yet (today's usage) or on aggregates (a server's total, the global budget). Every transaction runs at
+  READ COMMITTED, pinned on the engine whatever the server's ``default_transaction_isolation``: each statement after
+  the lock sees what the previous writer committed. (Under REPEATABLE READ the snapshot could predate the lock, and
+  a check would read totals from before the last reservation; SERIALIZABLE would fail writers instead.)
 
 Read transactions take no lock.
 """
@@ -31,6 +34,8 @@ from services.errors import ConfigError
 
 #: The advisory lock key every PostgreSQL write transaction takes ("songbot" in ASCII, as a number).
 PG_WRITE_LOCK_KEY = 0x736F6E67626F74
+#: The isolation level the write lock above relies on (PostgreSQL).
+PG_ISOLATION_LEVEL = "READ COMMITTED"
 #: How long a SQLite writer waits for another process's write lock before failing, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE_OPTION = "songbot_write"
@@ -85,7 +90,9 @@ def create_engine(url: str, *, search_path: str | None = None) -> AsyncEngine:
         connect_args: dict[str, Any] = {}
         if search_path:
             connect_args["server_settings"] = {"search_path": search_path}
-        return create_async_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+        return create_async_engine(
+            parsed, connect_args=connect_args, pool_pre_ping=True, isolation_level=PG_ISOLATION_LEVEL
+        )
     raise ConfigError(f"DATABASE_URL must use sqlite+aiosqlite or postgresql+asyncpg; got {backend}+{driver}.")
 
 
