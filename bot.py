@@ -25,6 +25,7 @@ from discord import app_commands
 from discord.ext import commands
 from dotenv import find_dotenv, load_dotenv
 
+from services import startup
 from services.clock import Clock, SystemClock
 from services.errors import ConfigError, SongbotError
 from services.funmusic.client import FunMusicClient
@@ -72,6 +73,12 @@ def point_at_discord(settings: Settings) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
+def quiet_voice_warnings() -> None:
+    """songbot uses no voice, so discord.py's start-up warnings about missing PyNaCl and davey are noise."""
+    discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
+
+
 class SongTree(app_commands.CommandTree["SongBot"]):
     """The last error handler: any error no cog handled becomes words and an error id, never "interaction failed"."""
 
@@ -105,6 +112,7 @@ class SongBot(commands.Bot):
         sync_only: bool = False,
         **options: Any,
     ) -> None:
+        quiet_voice_warnings()
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),
@@ -261,17 +269,40 @@ def commands_match(wanted: list[dict[str, Any]], present: list[Any]) -> bool:
     return all(_same(command, theirs[key(command)]) for command in wanted)
 
 
+class DiscordUnreachable(SongbotError):
+    """Discord (or DISCORD_API_BASE) could not be reached or answered nonsense at start; one sentence."""
+
+
+async def login(bot: commands.Bot, settings: Settings) -> None:
+    """``bot.login`` (which also runs ``setup_hook``), with an unreachable Discord turned into one sentence."""
+    where = settings.discord_api_base or "discord.com"
+    try:
+        await bot.login(settings.discord_token.reveal())
+    except discord.LoginFailure:
+        raise
+    except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DiscordUnreachable(
+            f"Cannot reach Discord at {where} ({reason}); check the network connection and DISCORD_API_BASE."
+        ) from None
+    except discord.HTTPException as exc:
+        raise DiscordUnreachable(
+            f"Discord at {where} answered HTTP {exc.status} ({' '.join(exc.text.split())[:200] or exc.response.reason})"
+            "; check DISCORD_API_BASE (leave it empty for Discord itself)."
+        ) from None
+
+
 async def run_bot(settings: Settings, *, force_sync: bool = False, sync_only: bool = False) -> None:
     point_at_discord(settings)
-    await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True)
+    await startup.prepare(settings, SystemClock(), clean=not sync_only)
     bot = SongBot(settings, force_sync=force_sync, sync_only=sync_only)
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with bot:
+        await login(bot, settings)
         if sync_only:
-            await bot.login(settings.discord_token.reveal())
             return
-        runner = asyncio.create_task(bot.start(settings.discord_token.reveal()))
+        runner = asyncio.create_task(bot.connect())
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stopper in done:
@@ -284,6 +315,7 @@ async def run_bot(settings: Settings, *, force_sync: bool = False, sync_only: bo
 
 async def print_invite(settings: Settings) -> None:
     point_at_discord(settings)
+    quiet_voice_warnings()
     client = discord.Client(intents=discord.Intents.none())
     async with client:
         await client.login(settings.discord_token.reveal())
@@ -352,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
             "error: Discord refused DISCORD_TOKEN; copy the bot token again from the Developer Portal.", file=sys.stderr
         )
         return 2
+    except (startup.StartupError, DiscordUnreachable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0
