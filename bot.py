@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from discord import app_commands
 from discord.ext import commands
 from dotenv import find_dotenv, load_dotenv
 
+from cogs._words import NO_PINGS, interrupted_by_dm, interrupted_in_channel, interrupted_in_place, mention_only
 from services import startup
 from services.clock import Clock, SystemClock
 from services.errors import ConfigError, SongbotError
@@ -34,11 +36,13 @@ from services.logs import setup_logging
 from services.policy import Policy
 from services.settings import Settings, load_settings
 from services.signals import stop_on_signals
-from services.store import Store
+from services.store import JobRecord, Store
 
 log = logging.getLogger("songbot")
 
 EXTENSIONS = ("cogs.song", "cogs.config")
+#: An interaction token edits the member's message for 15 minutes; a restart leaves a margin before giving up on it.
+TOKEN_USABLE_FOR = timedelta(minutes=14)
 
 #: What the bot needs in a channel to post a song after the interaction token expires (and to post at all).
 REQUIRED_PERMISSIONS = discord.Permissions(
@@ -195,22 +199,52 @@ class SongBot(commands.Bot):
             log.info("synced %d global commands (they may take up to an hour to appear)", len(synced))
 
     async def _recover_interrupted_jobs(self) -> None:
-        """Jobs that were running when the bot stopped: marked interrupted, refunded, and their channels told."""
+        """Jobs that were running when the bot stopped: marked interrupted, refunded, and their members told.
+
+        Where the job's interaction token still lives, its own message is edited (no stale queue position or live
+        Cancel); otherwise a public song's channel is told, and a private song's member by DM. One job's notice
+        failing never stops the others or the start.
+        """
         jobs = await self.services.store.recover_interrupted()
         for job in jobs:
-            if job.channel_id is None:
-                continue
-            channel = self.get_partial_messageable(job.channel_id)
-            text = (
-                f"<@{job.user_id}> the bot restarted while your song was being made, so it was stopped and your "
-                "quota refunded. Please run `/song` again."
-            )
             try:
-                await channel.send(text, allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]))
-            except discord.HTTPException as exc:
-                log.warning("could not tell channel %s about interrupted job %s: %s", job.channel_id, job.id, exc)
+                await self._tell_interrupted(job)
+            except Exception:
+                log.exception("could not tell anyone about interrupted job %s", job.id)
         if jobs:
             log.info("marked %d interrupted job(s) and refunded their quota", len(jobs))
+
+    async def _tell_interrupted(self, job: JobRecord) -> None:
+        if await self._edit_interrupted_message(job):
+            return
+        if job.user_id is None:  # the member erased their data (/songdata delete): nobody to address
+            log.info("interrupted job %s belonged to a member who erased their data; not announced", job.id)
+            return
+        try:
+            if job.options.get("private"):
+                dm = await self.create_dm(discord.Object(job.user_id))
+                await dm.send(interrupted_by_dm(), allowed_mentions=NO_PINGS)
+            else:
+                channel = self.get_partial_messageable(job.channel_id)
+                await channel.send(interrupted_in_channel(job.user_id), allowed_mentions=mention_only(job.user_id))
+        except discord.HTTPException as exc:
+            log.warning("could not tell the member of interrupted job %s: %s", job.id, exc)
+
+    async def _edit_interrupted_message(self, job: JobRecord) -> bool:
+        """Edit the job's original response while its interaction token is valid; False when it could not."""
+        token = job.interaction_token
+        if not token or self.application_id is None or self.clock.now() >= job.created_at + TOKEN_USABLE_FOR:
+            return False
+        webhook = discord.Webhook.partial(self.application_id, token, client=self)
+        try:
+            # "@original": the interaction's first response, as discord.py's own edit_original_response addresses it
+            await webhook.edit_message(
+                "@original", content=interrupted_in_place(), view=None, allowed_mentions=NO_PINGS
+            )
+        except discord.HTTPException as exc:
+            log.info("could not edit the message of interrupted job %s (%s); posting a notice instead", job.id, exc)
+            return False
+        return True
 
     async def on_ready(self) -> None:
         log.info("logged in as %s (%s); %d server(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds))

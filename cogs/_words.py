@@ -67,3 +67,26 @@ def format_duration(seconds: float) -> str:
 
 def clip(text: str, limit: int, tail: str = "…") -> str:
     return text if len(text) <= limit else text[: max(0, limit - len(tail))].rstrip() + tail
+
+
+# --- after a restart (bot.py's recovery) --------------------------------------------------------------------------
+
+_STOPPED_BY_RESTART = "the bot restarted while your song was being made, so it was stopped and your quota refunded."
+
+
+def interrupted_in_place() -> str:
+    """The job's own progress message, edited (while its interaction token lives): no Cancel, no queue position."""
+    return f"❌ {_STOPPED_BY_RESTART[0].upper()}{_STOPPED_BY_RESTART[1:]} Please run `/song` again."
+
+
+def interrupted_in_channel(user_id: int) -> str:
+    """Posted in the job's channel when its message can no longer be edited; pings only the requester."""
+    return f"<@{user_id}> {_STOPPED_BY_RESTART} Please run `/song` again."
+
+
+def interrupted_by_dm() -> str:
+    """A private song's notice goes to the member alone."""
+    return (
+        "The bot restarted while your private song was being made, so it was stopped and your quota refunded. "
+        "Please run `/song` again."
+    )

@@ -476,6 +476,7 @@ class SongCog(commands.Cog):
                     lyrics=options.lyrics,
                     options={**options.to_json(), "want_format": want_format, "title": title_for(options)},
                     queue_has_room=queue_has_room,
+                    interaction_token=interaction.token,  # a restart edits this message in place while it lives
                 )
             except PolicyRefusal as refusal:
                 await responder.refuse(refusal_text(refusal))

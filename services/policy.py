@@ -156,8 +156,11 @@ class Policy:
         lyrics: str | None,
         options: Mapping[str, object],
         queue_has_room: Callable[[], bool],
+        interaction_token: str | None = None,
     ) -> Admission:
         """Check the chain; on success create the job and reserve its quota atomically.
+
+        ``interaction_token`` is kept on the job while it runs, so a restart can edit the member's message.
 
         Raises :class:`PolicyRefusal` (``reason`` a :class:`RefusalReason`, ``retry_at`` epoch seconds when the
         refusal ends by itself) and writes nothing then.
@@ -184,6 +187,7 @@ class Policy:
                 prompt=prompt,
                 lyrics=lyrics,
                 options=options,
+                interaction_token=interaction_token,
             )
             await tx.reserve(job_id, self._usage_guild(ctx.guild_id), ctx.user_id, day, 1, seconds)
         return Admission(job_id, ctx.guild_id, ctx.user_id, day, 1, seconds, now, settings)

@@ -12,7 +12,7 @@ from services.errors import ConfigError, InvalidInput
 from services.guild_settings import DEFAULTS, SCALAR_NAMES, SETTINGS, SPECS, GuildSettings, validate_setting
 from services.store import JobStateError, JobStatus, Store
 from services.store.engine import Database
-from services.store.migrations import LATEST
+from services.store.migrations import LATEST, MIGRATIONS
 from services.store.schema import metadata
 from tests.store_fixtures import DbTarget, clock_fixture, db_target_fixture, store_fixture  # noqa: F401
 
@@ -198,7 +198,7 @@ async def test_migrations_build_an_empty_database_and_reopen_is_idempotent(
     async with first.read() as tx:
         salt = await tx.conn.scalar(sa.text("SELECT value FROM meta WHERE key = 'member_key_salt'"))
         rows = (await tx.conn.execute(sa.text("SELECT version, name FROM schema_version"))).all()
-    assert [tuple(r) for r in rows] == [(1, "initial")]
+    assert [tuple(r) for r in rows] == [(m.version, m.name) for m in MIGRATIONS]
     await first.create_job(guild_id=1, channel_id=2, user_id=3, prompt="p", lyrics=None, options={})
     await first.close()
 
@@ -206,7 +206,7 @@ async def test_migrations_build_an_empty_database_and_reopen_is_idempotent(
     try:
         async with second.read() as tx:
             assert await tx.conn.scalar(sa.text("SELECT value FROM meta WHERE key = 'member_key_salt'")) == salt
-            assert await tx.conn.scalar(sa.text("SELECT count(*) FROM schema_version")) == 1
+            assert await tx.conn.scalar(sa.text("SELECT count(*) FROM schema_version")) == LATEST
         assert (await second.get_job(1)) is not None
     finally:
         await second.close()

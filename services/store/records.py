@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
 from typing import TypedDict
@@ -89,6 +89,9 @@ class JobRecord:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    #: The command's interaction token while the job runs (it edits the member's message for 15 minutes); never
+    #: shown in a repr or a log line.
+    interaction_token: str | None = field(default=None, repr=False)
 
     def url_if_valid(self, now: datetime) -> str | None:
         """The audio url while it has not expired (a url without a known expiry is not offered)."""

@@ -82,6 +82,7 @@ def _job(row: sa.Row[Any]) -> JobRecord:
         created_at=row.created_at,
         updated_at=row.updated_at,
         finished_at=row.finished_at,
+        interaction_token=row.interaction_token,
     )
 
 
@@ -174,6 +175,7 @@ class Tx:
         prompt: str | None,
         lyrics: str | None,
         options: Mapping[str, object],
+        interaction_token: str | None = None,
     ) -> int:
         now = self.clock.now()
         result = await self.conn.execute(
@@ -189,6 +191,7 @@ class Tx:
                 status=JobStatus.ACCEPTED.value,
                 created_at=now,
                 updated_at=now,
+                interaction_token=interaction_token,
             )
             .returning(jobs.c.id)
         )
@@ -219,6 +222,7 @@ class Tx:
         values: dict[str, object] = {**fields, "status": status.value, "updated_at": now}
         if status.terminal:
             values["finished_at"] = now
+            values["interaction_token"] = None  # only a running job's message is edited after a restart
         await self.conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
         updated = await self.job(job_id)
         assert updated is not None

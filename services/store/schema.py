@@ -98,6 +98,7 @@ jobs = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("interaction_token", sa.Text, nullable=True),  # while the job runs: to edit its message after a restart
     sa.Index("ix_jobs_user_created", "user_id", "created_at"),
     sa.Index("ix_jobs_member_created", "guild_id", "member_key", "created_at"),
     sa.Index("ix_jobs_status", "status"),

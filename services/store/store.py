@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Unpack
 
 from services.clock import Clock
@@ -181,12 +182,13 @@ class Store:
             await tx.set_message(job_id, channel_id, message_id)
 
     async def recover_interrupted(self) -> list[JobRecord]:
-        """At start-up: mark every unfinished job interrupted and refund its quota; returns them (now interrupted)
-        so the bot can tell their channels."""
+        """At start-up: mark every unfinished job interrupted and refund its quota; returns them (now interrupted,
+        each with the interaction token it had, which the database no longer keeps) so the bot can tell members."""
         async with self.write() as tx:
             recovered = []
             for job in await tx.unfinished_jobs():
-                recovered.append(await tx.transition(job.id, JobStatus.INTERRUPTED, {}))
+                ended = await tx.transition(job.id, JobStatus.INTERRUPTED, {})
+                recovered.append(replace(ended, interaction_token=job.interaction_token))
                 await tx.refund(job.id)
             return recovered
 
