@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from services.clock import SystemClock
+from services.clock import FakeClock, SystemClock
 from services.store.engine import Database
-from services.store.migrations import LATEST, migrate
+from services.store.migrations import LATEST, migrate, v0001_initial
 from services.store.schema import schema_version
 from tests.e2e import TOKEN, e2e_env
 from tests.fakes.discord import FakeDiscord
@@ -184,3 +184,30 @@ async def test_a_clean_start_removes_leftovers_and_warns_about_nothing(tmp_path:
         assert "removed 2 leftover item(s)" in bot.text
         warnings = [line for line in bot.lines if "WARNING" in line or "PyNaCl" in line or "davey" in line]
         assert not warnings, bot.text
+
+
+async def test_a_version_1_database_with_a_running_job_is_migrated_and_recovered(db_target: DbTarget) -> None:
+    """An operator upgrading songbot while a song was being made: version 2 adds the token column, empty."""
+    clock = FakeClock()
+    db = await Database.connect(db_target.url, search_path=db_target.search_path)
+    try:
+        async with db.write() as conn:
+            await conn.run_sync(lambda sync: schema_version.create(sync, checkfirst=True))
+            await conn.run_sync(v0001_initial.upgrade)
+            await conn.execute(schema_version.insert().values(version=1, name="initial", applied_at=clock.now()))
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO jobs (guild_id, channel_id, user_id, member_key, options, status, created_at, "
+                    "updated_at) VALUES (1, 2, 3, 'k', '{}', 'generating', :at, :at)"
+                ),
+                {"at": clock.now().replace(tzinfo=None)},
+            )
+    finally:
+        await db.dispose()
+    store = await db_target.open(clock)
+    try:
+        assert await store.schema_version() == LATEST
+        (job,) = await store.recover_interrupted()
+        assert job.status == "interrupted" and job.user_id == 3 and job.interaction_token is None
+    finally:
+        await store.close()
