@@ -16,6 +16,7 @@ from services.settings import load_settings
 from tests.e2e import TOKEN, e2e_env, running_bot
 from tests.fakes.discord import FakeDiscord, point_discord_py_at
 from tests.sim_fixtures import running_simulator
+from tests.test_faults_process import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +61,27 @@ async def test_commands_deleted_or_changed_in_discord_are_synced_again(tmp_path:
             pass
         assert len(fake.command_syncs) == 3
         assert [o["name"] for o in next(c for c in fake.commands() if c["name"] == "song")["options"]][-1] == "private"
+
+
+async def test_sync_command_pushes_even_when_nothing_changed(tmp_path: Path) -> None:
+    async with running_simulator() as sim, FakeDiscord(token=TOKEN) as fake:
+        async with running_bot(tmp_path, fake=fake):
+            pass
+        assert len(fake.command_syncs) == 1
+        identified = fake.gateway.identify_count
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "bot.py",
+            "sync",
+            cwd=ROOT,
+            env=child_env(e2e_env(sim, fake, tmp_path, LOG_LEVEL="INFO")),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, out.decode()
+        assert len(fake.command_syncs) == 2 and "synced" in out.decode()
+        assert fake.gateway.identify_count == identified  # sync logs in over REST and never connects
 
 
 def test_discord_leaving_out_empty_fields_is_no_difference() -> None:
