@@ -13,6 +13,7 @@ from services.errors import (
     PolicyRefusal,
     ServiceTimeout,
     SongbotError,
+    SongTooLong,
     ThrottledError,
 )
 
@@ -45,6 +46,11 @@ def failure_text(error: SongbotError) -> str:
         text = "The music service's moderation rejected this text. Change the prompt or lyrics and try again."
     elif isinstance(error, ServiceTimeout):
         text = "The song took too long to make, so it was stopped. Please try again later."
+    elif isinstance(error, SongTooLong):
+        text = (
+            f"The finished song is {format_duration(error.duration_s)} long, over this bot's limit of "
+            f"{format_duration(error.limit_s)}, so it could not be sent."
+        )
     else:
         text = error.user_message
     return f"{text} (error id `{error.error_id}`)"

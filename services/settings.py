@@ -68,6 +68,7 @@ class Settings:
     idle_timeout_s: float = 60.0
     total_deadline_s: float = 600.0
     download_max_bytes: int = 200 * 1024 * 1024
+    max_song_seconds: int = 900
     requests_per_minute: int = 180
     data_dir: Path = field(default_factory=lambda: Path("data"))
 
@@ -177,6 +178,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
         idle_timeout_s=_float(env, "SONGBOT_IDLE_TIMEOUT", 60.0, 0.1, 3600.0),
         total_deadline_s=_float(env, "SONGBOT_TOTAL_DEADLINE", 600.0, 1.0, 7200.0),
         download_max_bytes=_int_required(_int(env, "SONGBOT_DOWNLOAD_MAX_BYTES", 200 * 1024 * 1024, 1024, 2 * 1024**3)),
+        max_song_seconds=_int_required(_int(env, "SONGBOT_MAX_SONG_SECONDS", 900, 1, 24 * 3600)),
         requests_per_minute=_int_required(_int(env, "SONGBOT_REQUESTS_PER_MINUTE", 180, 1, 10_000)),
         data_dir=Path(env.get("SONGBOT_DATA_DIR", "").strip() or "data"),
     )
