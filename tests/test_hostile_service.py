@@ -16,10 +16,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from services.errors import BrokenStream, SongTooLong
-from services.funmusic.client import _AudioSink, _Reporter, _WriteBehind
+from services.errors import BrokenStream, ConfigError, SongTooLong
+from services.funmusic.client import FunMusicClient, _AudioSink, _Reporter, _WriteBehind
 from services.funmusic.request import GenerationRequest
 from services.funmusic.sse import EventTooLarge, SSEParser
+from services.settings import load_settings
 from services.simulator import ENDLESS_LINE_BYTES, Scenario, cached_audio
 from services.store import JobStatus, Store
 from services.wav import find_data_chunk
@@ -248,3 +249,17 @@ async def test_the_member_is_told_the_song_is_too_long(tmp_path: Path, monkeypat
         job = await h.wait_job_status((await wait_for_job(h)).id, "failed")
         assert job.error_code == "SongTooLong"
     assert decoded == []  # pydub never held it in memory
+
+
+def test_the_duration_cap_setting() -> None:
+    base = {"DISCORD_TOKEN": "t"}
+    assert load_settings(base).max_song_seconds == 900
+    assert load_settings({**base, "SONGBOT_MAX_SONG_SECONDS": "1200"}).max_song_seconds == 1200
+    for bad in ("0", "fifteen minutes", "100000"):
+        with pytest.raises(ConfigError, match="SONGBOT_MAX_SONG_SECONDS"):
+            load_settings({**base, "SONGBOT_MAX_SONG_SECONDS": bad})
+
+
+async def test_the_client_takes_the_duration_cap_from_the_settings(http_session: Session) -> None:
+    settings = load_settings({"DISCORD_TOKEN": "t", "DASHSCOPE_API_KEY": SIM_KEY, "SONGBOT_MAX_SONG_SECONDS": "60"})
+    assert FunMusicClient.from_settings(http_session, settings).max_song_seconds == 60
