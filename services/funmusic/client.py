@@ -5,11 +5,16 @@ fits the streaming limits and not otherwise, and ends with a file in ``out_dir``
 measure it. What it guards against, with the reasons in ``dashscope-wire.md``:
 
 - aiohttp's line reader dies on long lines, so the body is read with ``iter_any()`` into our own SSE parser;
-- each event's base64 is decoded on its own (strictly): joining padded chunks silently drops data;
+- each event's base64 is decoded on its own (strictly): joining padded chunks silently drops data; an event cut
+  mid-quantum carries its last 1-3 characters into the next one;
+- a line (or an event) larger than ``max_event_bytes`` fails the stream at once, rather than filling memory;
+- bookkeeping fields (``expires_at``, ``usage.duration``, ids) that make no sense are normalised or dropped with a
+  WARNING: they never fail a song that was paid for;
 - a stream that closes without ``finish_reason: "stop"`` is an error, never a short song;
 - a streamed WAV carries placeholder sizes (and maybe repeated headers): dropped and repaired;
 - the audio is proven to decode, and measured, by ffmpeg decoding all of it, never by trusting a header; it is
   fed to ffmpeg through a pipe while it arrives, so when the stream ends only the tail is left to check;
+- a song longer than ``max_song_seconds`` (by that measure) is refused before anything decodes it into memory;
 - errors are classified by ``code`` (see ``errors_map``), never by HTTP 200;
 - retryable failures are retried whole with exponential backoff and full jitter; paid-for-nothing cases
   (auth, moderation, parameters) never are;
