@@ -66,6 +66,31 @@ def refusal_text(refusal: PolicyRefusal) -> str:
     return text
 
 
+# --- the /song form and the Cancel / Regenerate buttons ---------------------------------------------------------
+
+#: One answer for an unknown job and a job of another server (or another member's DMs): a forged id learns nothing.
+SONG_NOT_HERE = "This button doesn't belong to a song I know here."
+CANCEL_NOT_YOURS = "Only the member who asked for this song, or a moderator, can cancel it."
+CANCEL_TOO_LATE = "This song can't be cancelled any more: it is already finishing."
+REGENERATE_PRIVATE = "This song is private: only the member who asked for it can make it again."
+REGENERATE_DELETED = "This song's request was deleted, so it can't be made again."
+FORM_EMPTY = "Fill in a style prompt or lyrics (or both)."
+FORM_OUTDATED = "This form is from an older version of the bot; run /song again."
+
+
+def song_ended_text(status: str, *, jump_url: str | None = None, error_id: str | None = None) -> str:
+    """What a Cancel press on a job that already ended says: how it ended (``status`` is the job's final one)."""
+    if status == "delivered":
+        where = f" ({jump_url})" if jump_url else ""
+        return f"This song was already delivered{where}, so there is nothing to cancel."
+    if status == "cancelled":
+        return "This song was already cancelled, and its quota refunded."
+    if status == "failed":
+        code = f" (error id `{error_id}`)" if error_id else ""
+        return f"This song already failed{code}, so there is nothing to cancel."
+    return "This song was stopped when the bot restarted, and its quota refunded. Run /song to make it again."
+
+
 def format_duration(seconds: float) -> str:
     whole = round(seconds)
     return f"{whole // 60}:{whole % 60:02d}"
