@@ -7,6 +7,7 @@ import time
 
 import discord
 
+from cogs._limits import CONTENT, PREFIX_ROOM, fit_text
 from services.errors import (
     AuthError,
     ModerationError,
@@ -15,6 +16,9 @@ from services.errors import (
     SongbotError,
     ThrottledError,
 )
+from services.text import clip as clip
+from services.text import listing as listing
+from services.text import plural as plural
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +51,20 @@ def failure_text(error: SongbotError) -> str:
         text = "The song took too long to make, so it was stopped. Please try again later."
     else:
         text = error.user_message
-    return f"{text} (error id `{error.error_id}`)"
+    suffix = f" (error id `{error.error_id}`)"
+    return fit_text(text, CONTENT - PREFIX_ROOM - len(suffix)) + suffix
 
 
 def refusal_text(refusal: PolicyRefusal) -> str:
     """Policy refusals carry their own sentence; a retry time becomes a relative Discord timestamp."""
     text = refusal.user_message
     if refusal.retry_at is not None and "{retry}" in text:
-        return text.replace("{retry}", relative(refusal.retry_at))
-    if refusal.retry_at is not None and "<t:" not in text:
-        return f"{text} Try again {relative(refusal.retry_at)}."
-    return text
+        text = text.replace("{retry}", relative(refusal.retry_at))
+    elif refusal.retry_at is not None and "<t:" not in text:
+        text = f"{text} Try again {relative(refusal.retry_at)}."
+    return fit_text(text)
 
 
 def format_duration(seconds: float) -> str:
     whole = round(seconds)
     return f"{whole // 60}:{whole % 60:02d}"
-
-
-def clip(text: str, limit: int, tail: str = "…") -> str:
-    return text if len(text) <= limit else text[: max(0, limit - len(tail))].rstrip() + tail
