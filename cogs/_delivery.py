@@ -18,7 +18,18 @@ from typing import TYPE_CHECKING
 import discord
 
 from cogs._limits import EMBED_TITLE, FIELD_VALUE, fit_embed, fit_lines
-from cogs._words import NO_PINGS, clip, failure_text, format_duration, mention_only, plural, relative
+from cogs._words import (
+    NO_PINGS,
+    clip,
+    download_in_title,
+    download_link,
+    failure_text,
+    format_duration,
+    mention_only,
+    more_lyrics,
+    plural,
+    relative,
+)
 from services.audio import slugify
 from services.errors import SongbotError
 from services.funmusic.request import GenerationRequest, Progress
@@ -180,7 +191,7 @@ class SongMessage:
             embed.description = fit_lines(
                 lyrics.split("\n"),
                 LYRICS_IN_EMBED,
-                more=lambda n: f"\n*…{plural(n, 'more line')} in lyrics.txt.*",
+                more=more_lyrics,
             )
         elif ctx.request.is_instrumental:
             embed.description = "*Instrumental — no lyrics.*"
@@ -190,10 +201,10 @@ class SongMessage:
         embed.add_field(name="Format", value=self._format_text())
         if audio is None and result.url:
             expiry = f" (link expires {relative(result.url_expires_at)})" if result.url_expires_at else ""
-            value = f"The song is too large to upload here: [download it]({result.url}){expiry}."
+            value = download_link(result.url, expiry)
             if len(value) > FIELD_VALUE:  # a long signed url: the title carries the link instead
                 embed.url = result.url
-                value = f"The song is too large to upload here: the title above links to it{expiry}."
+                value = download_in_title(expiry)
             embed.add_field(name="Download", value=value, inline=False)
         embed.add_field(name="Request id", value=f"`{result.request_id or 'n/a'}`", inline=False)
         if any(name == "waveform.png" for name, _ in self._extras()):

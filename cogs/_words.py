@@ -68,3 +68,27 @@ def refusal_text(refusal: PolicyRefusal) -> str:
 def format_duration(seconds: float) -> str:
     whole = round(seconds)
     return f"{whole // 60}:{whole % 60:02d}"
+
+
+# --- what a message says about the part of it that did not fit (see cogs/_limits.py) --------------------------
+
+
+def older_songs_not_shown(count: int) -> str:
+    return f"…and {plural(count, 'older song')} not shown."
+
+
+def more_members(count: int) -> str:
+    return f"…and {plural(count, 'more member')}."
+
+
+def more_lyrics(count: int) -> str:
+    return f"\n*…{plural(count, 'more line')} in lyrics.txt.*"
+
+
+def download_link(url: str, expiry: str) -> str:
+    return f"The song is too large to upload here: [download it]({url}){expiry}."
+
+
+def download_in_title(expiry: str) -> str:
+    """When a signed url is too long for a field, the embed's title links to the song instead."""
+    return f"The song is too large to upload here: the title above links to it{expiry}."

@@ -15,7 +15,16 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs._limits import CONTENT, EMBED_DESCRIPTION, FIELD_VALUE, escaped, fit_embed, fit_lines, fit_text
-from cogs._words import NO_PINGS, clip, format_duration, listing, plural, relative
+from cogs._words import (
+    NO_PINGS,
+    clip,
+    format_duration,
+    listing,
+    more_members,
+    older_songs_not_shown,
+    plural,
+    relative,
+)
 from cogs.song import is_manager
 from services.errors import InvalidInput
 from services.guild_settings import SETTINGS, SHOWN_IDS, SPECS, GuildSettings, SettingSpec
@@ -108,9 +117,7 @@ def history_embed(jobs: list[JobRecord], now: datetime) -> discord.Embed:
         if url and job.url_expires_at:
             line += f" · [download]({url}) (expires {relative(job.url_expires_at.timestamp())})"
         lines.append(line)
-    description = fit_lines(
-        lines, EMBED_DESCRIPTION, short=shorts, more=lambda n: f"…and {plural(n, 'older song')} not shown."
-    )
+    description = fit_lines(lines, EMBED_DESCRIPTION, short=shorts, more=older_songs_not_shown)
     embed = discord.Embed(title="Your recent songs", description=description, colour=discord.Colour.blurple())
     return fit_embed(embed)
 
@@ -138,8 +145,7 @@ def usage_embed(mine: MemberUsage, server: ServerUsage | None) -> discord.Embed:
                 f"{format_duration(row.seconds)}"
                 for row in server.top
             ]
-            more = lambda n: f"…and {plural(n, 'more member')}."  # noqa: E731
-            embed.add_field(name="Top members", value=fit_lines(rows, FIELD_VALUE, more=more), inline=False)
+            embed.add_field(name="Top members", value=fit_lines(rows, FIELD_VALUE, more=more_members), inline=False)
     embed.set_footer(text="Quotas reset at 00:00 UTC.")
     embed.add_field(name="Resets", value=relative(mine.resets_at.timestamp()), inline=False)
     return fit_embed(embed)
