@@ -251,3 +251,11 @@ async def test_set_options_carry_the_settings_bounds(tmp_path: Path) -> None:
             assert option["type"] == 4  # integer
             assert (option["min_value"], option["max_value"]) == (SPECS[name].low, SPECS[name].high), option
             assert SPECS[name].allowed in option["description"]
+
+
+async def test_a_crafted_long_value_is_refused_in_one_short_sentence(tmp_path: Path) -> None:
+    """discord.py does not hold a submitted value to the option's choices: the refusal quotes it cut short."""
+    async with running_bot(tmp_path) as h:
+        refused = await _mod(h, "songconfig set", {"default_voice": "*" * 5000})
+        assert refused.startswith("default_voice must be one of female, male; got '****") and len(refused) < 200
+        assert (await h.store.get_guild_settings(h.fake.guild.id)).default_voice == "female"
