@@ -259,3 +259,20 @@ async def test_a_crafted_long_value_is_refused_in_one_short_sentence(tmp_path: P
         refused = await _mod(h, "songconfig set", {"default_voice": "*" * 5000})
         assert refused.startswith("default_voice must be one of female, male; got '****") and len(refused) < 200
         assert (await h.store.get_guild_settings(h.fake.guild.id)).default_voice == "female"
+
+
+async def test_queue_positions_count_songs_ahead_in_words(tmp_path: Path) -> None:
+    slow = Scenario(duration_s=2.0, chunk_bytes=2048, chunk_delay_s=0.15)
+    async with running_bot(tmp_path, scenario=slow, MAX_CONCURRENT_GENERATIONS="1", SONGBOT_QUEUE_SIZE="2") as h:
+        await h.configure(cooldown=0)
+        members = [h.fake.add_user(f"m{i}") for i in range(3)]
+        ids = []
+        for member in members:
+            ids.append(await h.song({"prompt": PROMPT}, user=member))
+            await h.fake.wait_for_callback(ids[-1])
+        await h.fake.wait_until(
+            lambda: any(
+                "Queued — position 2 (1 song ahead of yours)." in (e.content or "") for e in h.fake.edits(ids[2])
+            ),
+            what="the second place in the queue",
+        )
