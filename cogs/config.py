@@ -93,7 +93,9 @@ def settings_embed(settings: GuildSettings, guild_name: str) -> discord.Embed:
         state = "default" if is_default else f"default {spec.format(spec.default)}"
         embed.add_field(
             name=spec.name,
-            value=fit_text(f"**{spec.format(value)}** ({state})\n{spec.description}\nAllowed: {spec.allowed}", 1024),
+            value=fit_text(
+                f"**{spec.format(value)}** ({state})\n{spec.description}\nAllowed: {spec.allowed}", FIELD_VALUE
+            ),
             inline=False,
         )
     embed.set_footer(text="Members with Manage Server are exempt from role limits.")

@@ -12,6 +12,7 @@ import pytest
 
 from cogs._delivery import LYRICS_IN_EMBED, SongContext, SongMessage
 from cogs._limits import (
+    BUTTON_LABEL,
     CONTENT,
     EMBED_DESCRIPTION,
     EMBED_FIELDS,
@@ -25,6 +26,7 @@ from cogs._limits import (
 )
 from cogs._words import failure_text, refusal_text
 from cogs.config import describe_change, history_embed, settings_embed, usage_embed
+from cogs.song import CancelButton, RegenerateButton
 from services.audio import FitResult, Tags
 from services.errors import InvalidInput, PolicyRefusal
 from services.funmusic.request import GenerationRequest, GenerationResult
@@ -278,3 +280,13 @@ def test_the_offline_discord_refuses_what_discord_refuses() -> None:
 
 def test_settings_default_fits_too() -> None:
     assert_fits(embeds=[settings_embed(GuildSettings(), "guild")])
+
+
+async def test_button_labels_fit() -> None:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(2**63 - 1))
+    view.add_item(RegenerateButton(2**63 - 1))
+    components = view.to_components()
+    check_components(components, 0, Rules(), "data.")
+    labels = [button["label"] for row in components for button in row["components"]]
+    assert labels and all(len(label) <= BUTTON_LABEL for label in labels)
