@@ -7,6 +7,7 @@ import time
 
 import discord
 
+from cogs._limits import CONTENT, PREFIX_ROOM, fit_text
 from services.errors import (
     AuthError,
     ModerationError,
@@ -16,6 +17,9 @@ from services.errors import (
     SongTooLong,
     ThrottledError,
 )
+from services.text import clip as clip
+from services.text import listing as listing
+from services.text import plural as plural
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +57,18 @@ def failure_text(error: SongbotError) -> str:
         )
     else:
         text = error.user_message
-    return f"{text} (error id `{error.error_id}`)"
+    suffix = f" (error id `{error.error_id}`)"
+    return fit_text(text, CONTENT - PREFIX_ROOM - len(suffix)) + suffix
 
 
 def refusal_text(refusal: PolicyRefusal) -> str:
     """Policy refusals carry their own sentence; a retry time becomes a relative Discord timestamp."""
     text = refusal.user_message
     if refusal.retry_at is not None and "{retry}" in text:
-        return text.replace("{retry}", relative(refusal.retry_at))
-    if refusal.retry_at is not None and "<t:" not in text:
-        return f"{text} Try again {relative(refusal.retry_at)}."
-    return text
+        text = text.replace("{retry}", relative(refusal.retry_at))
+    elif refusal.retry_at is not None and "<t:" not in text:
+        text = f"{text} Try again {relative(refusal.retry_at)}."
+    return fit_text(text)
 
 
 # --- the /song form and the Cancel / Regenerate buttons ---------------------------------------------------------
@@ -96,5 +101,25 @@ def format_duration(seconds: float) -> str:
     return f"{whole // 60}:{whole % 60:02d}"
 
 
-def clip(text: str, limit: int, tail: str = "…") -> str:
-    return text if len(text) <= limit else text[: max(0, limit - len(tail))].rstrip() + tail
+# --- what a message says about the part of it that did not fit (see cogs/_limits.py) --------------------------
+
+
+def older_songs_not_shown(count: int) -> str:
+    return f"…and {plural(count, 'older song')} not shown."
+
+
+def more_members(count: int) -> str:
+    return f"…and {plural(count, 'more member')}."
+
+
+def more_lyrics(count: int) -> str:
+    return f"\n*…{plural(count, 'more line')} in lyrics.txt.*"
+
+
+def download_link(url: str, expiry: str) -> str:
+    return f"The song is too large to upload here: [download it]({url}){expiry}."
+
+
+def download_in_title(expiry: str) -> str:
+    """When a signed url is too long for a field, the embed's title links to the song instead."""
+    return f"The song is too large to upload here: the title above links to it{expiry}."
