@@ -556,7 +556,12 @@ class SongCog(commands.Cog):
 
     async def report_unexpected(self, interaction: discord.Interaction, error: BaseException) -> None:
         wrapped = error if isinstance(error, SongbotError) else SongbotError("unexpected")
-        log.error("unexpected error in /song [error %s]", wrapped.error_id, exc_info=error, extra={"error_id": wrapped.error_id})
+        log.error(
+            "unexpected error in /song [error %s]",
+            wrapped.error_id,
+            exc_info=error,
+            extra={"error_id": wrapped.error_id},
+        )
         text = failure_text(wrapped)
         try:
             if interaction.response.is_done():
