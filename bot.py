@@ -37,7 +37,7 @@ from services.store import Store
 
 log = logging.getLogger("songbot")
 
-EXTENSIONS = ("cogs.song", "cogs.config")
+EXTENSIONS = ("cogs.song", "cogs.config", "cogs.housekeeping")
 
 #: What the bot needs in a channel to post a song after the interaction token expires (and to post at all).
 REQUIRED_PERMISSIONS = discord.Permissions(

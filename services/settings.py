@@ -72,6 +72,7 @@ class Settings:
     download_max_bytes: int = 200 * 1024 * 1024
     requests_per_minute: int = 180
     data_dir: Path = field(default_factory=lambda: Path("data"))
+    retention_days: int = 90
 
     @property
     def simulated(self) -> bool:
@@ -192,4 +193,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
         download_max_bytes=_int_required(_int(env, "SONGBOT_DOWNLOAD_MAX_BYTES", 200 * 1024 * 1024, 1024, 2 * 1024**3)),
         requests_per_minute=_int_required(_int(env, "SONGBOT_REQUESTS_PER_MINUTE", 180, 1, 10_000)),
         data_dir=Path(env.get("SONGBOT_DATA_DIR", "").strip() or "data"),
+        retention_days=_int_required(_int(env, "SONGBOT_RETENTION_DAYS", 90, 0, 36500)),
     )
