@@ -741,7 +741,9 @@ async def report_unexpected(interaction: discord.Interaction, error: BaseExcepti
     """An error no handler expected, in /song, its form or its buttons: logged with an error id, and the member
     told in words with the same id (never "interaction failed")."""
     wrapped = error if isinstance(error, SongbotError) else SongbotError("unexpected")
-    log.error("unexpected error in /song [error %s]", wrapped.error_id, exc_info=error)
+    log.error(
+        "unexpected error in /song [error %s]", wrapped.error_id, exc_info=error, extra={"error_id": wrapped.error_id}
+    )
     text = failure_text(wrapped)
     response = interaction.response
     try:

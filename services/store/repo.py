@@ -384,6 +384,24 @@ class Tx:
 
     # --- privacy --------------------------------------------------------------------------------------------
 
+    async def erase_text_before(self, cutoff: datetime) -> int:
+        """Retention: erase the prompt and lyrics of jobs that ended before ``cutoff``. Returns how many jobs."""
+        result = await self.conn.execute(
+            jobs.update()
+            .where(jobs.c.finished_at < cutoff, sa.or_(jobs.c.prompt.is_not(None), jobs.c.lyrics.is_not(None)))
+            .values(prompt=None, lyrics=None)
+        )
+        return int(result.rowcount)
+
+    async def running_job_ids(self, job_ids: list[int]) -> set[int]:
+        """Which of ``job_ids`` exist and have not ended (their work files are still in use)."""
+        if not job_ids:
+            return set()
+        result = await self.conn.execute(
+            sa.select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.status.not_in(_TERMINAL_VALUES))
+        )
+        return {int(row[0]) for row in result}
+
     async def delete_member_data(self, user_id: int) -> int:
         scrubbed = await self.conn.execute(
             jobs.update()
