@@ -4,6 +4,7 @@
 ``songbot generate …``   make one song from the command line (see ``songbot generate --help``)
 ``songbot sync``         push the slash commands to Discord now, then exit
 ``songbot invite``       print the url that adds the bot to a server
+``songbot demo``         the bot against an offline Discord and the simulator, narrated (no token, no key)
 ``songbot --version``    print the version
 """
 
@@ -31,6 +32,7 @@ from services import startup
 from services.clock import Clock, SystemClock
 from services.errors import ConfigError, SongbotError
 from services.funmusic.client import FunMusicClient
+from services.housekeeping import sweep
 from services.jobs import JobManager
 from services.logs import setup_logging
 from services.policy import Policy
@@ -40,7 +42,7 @@ from services.store import JobRecord, Store
 
 log = logging.getLogger("songbot")
 
-EXTENSIONS = ("cogs.song", "cogs.config")
+EXTENSIONS = ("cogs.song", "cogs.config", "cogs.housekeeping")
 #: An interaction token edits the member's message for 15 minutes; a restart leaves a margin before giving up on it.
 TOKEN_USABLE_FOR = timedelta(minutes=14)
 
@@ -145,6 +147,8 @@ class SongBot(commands.Bot):
         await self._sync_commands()
         if not self.sync_only:  # a `sync` run must not touch the jobs of a bot running elsewhere
             await self._recover_interrupted_jobs()
+            # now that no job of the last run counts as running: its job folders and partial files go at once
+            await sweep(self.services.store, self.services.work_dir, retention_days=0)
 
     async def _create_services(self) -> Services:
         settings = self.settings
@@ -328,7 +332,7 @@ async def login(bot: commands.Bot, settings: Settings) -> None:
 
 async def run_bot(settings: Settings, *, force_sync: bool = False, sync_only: bool = False) -> None:
     point_at_discord(settings)
-    await startup.prepare(settings, SystemClock(), clean=not sync_only)
+    await startup.prepare(settings, SystemClock())
     bot = SongBot(settings, force_sync=force_sync, sync_only=sync_only)
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -360,13 +364,14 @@ async def print_invite(settings: Settings) -> None:
 
 
 USAGE = """\
-usage: songbot [run | generate ... | sync | invite] [--help] [--version]
+usage: songbot [run | generate ... | sync | invite | demo ...] [--help] [--version]
        (or python bot.py ... in a checkout)
 
   run         run the Discord bot (the default)
   generate    make one song from the command line; songbot generate --help for its options
   sync        push the slash commands to Discord now, then exit
   invite      print the url that adds the bot to a server
+  demo        the bot against an offline Discord and the simulator, narrated; songbot demo --help
 
 Settings come from the environment and from .env in the current directory (see .env.example)."""
 
@@ -385,6 +390,37 @@ def version() -> str:
             return str(tomllib.load(fh)["project"]["version"])
 
 
+def run_demo_command(args: list[str]) -> int:
+    """``python bot.py demo [--out DIR] [--song-seconds N]``: the real bot against the offline Discord and the
+    simulator, narrated on the terminal (see :mod:`services.offline.demo`)."""
+    import argparse
+
+    from services.offline.demo import run_demo
+
+    parser = argparse.ArgumentParser(prog="bot.py demo", description=run_demo_command.__doc__)
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="where the songs are written")
+    parser.add_argument("--song-seconds", type=float, default=20.0, help="length of each simulated song")
+    options = parser.parse_args(args)
+    setup_logging("ERROR", [])  # the conversation is the output; only errors besides it
+    print(
+        "songbot demo: the real bot against an offline Discord and the Fun-Music simulator "
+        "(no token, no key, no network). Songs are test tones."
+    )
+    saved = asyncio.run(
+        run_demo(
+            lambda settings: SongBot(settings, guild_ready_timeout=0.1),
+            out_dir=options.out,
+            out=sys.stdout,
+            song_seconds=options.song_seconds,
+            point_at_discord=point_at_discord,
+        )
+    )
+    print(f"\n{len(saved)} file(s) written to {options.out}/:")
+    for path in saved:
+        print(f"  {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["-h"], ["--help"], ["help"]):
@@ -399,15 +435,20 @@ def main(argv: list[str] | None = None) -> int:
         from services.cli import run_generate
 
         return run_generate(argv[1:])
+    if command == "demo":
+        return run_demo_command(argv[1:])
     if command not in ("run", "sync", "invite"):
-        print(f"error: unknown command {command!r}; use run, generate, sync or invite (see --help).", file=sys.stderr)
+        print(
+            f"error: unknown command {command!r}; use run, generate, sync, invite or demo (see --help).",
+            file=sys.stderr,
+        )
         return 2
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, settings.secrets())
+    setup_logging(settings.log_level, settings.secrets(), log_format=settings.log_format)
     try:
         if command == "invite":
             asyncio.run(print_invite(settings))

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from services.audio import FitResult, Tags, fit, waveform_png
 from services.errors import CannotFit, ServiceError, SongbotError
 from services.funmusic.request import GenerationRequest, GenerationResult, Progress, ProgressCallback
+from services.logs import bind_log_context, log_context
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,8 @@ class JobManager:
         entry = _Entry(spec=spec, observer=observer)
         self._entries[spec.job_id] = entry
         self._waiting.append(entry)
-        entry.task = asyncio.create_task(self._run(entry), name=f"song-job-{spec.job_id}")
+        with log_context(job_id=spec.job_id, guild_id=spec.guild_id):  # the task copies the context: every line it logs
+            entry.task = asyncio.create_task(self._run(entry), name=f"song-job-{spec.job_id}")
         self._pump()
         return entry.task
 
@@ -318,7 +320,12 @@ class JobManager:
             await self._on_failed(entry, exc)
         except Exception as exc:  # a bug: log it whole, tell the member in plain words
             wrapped = SongbotError(f"unexpected {type(exc).__name__}")
-            log.exception("job %s failed unexpectedly [error %s]", entry.spec.job_id, wrapped.error_id)
+            log.exception(
+                "job %s failed unexpectedly [error %s]",
+                entry.spec.job_id,
+                wrapped.error_id,
+                extra={"error_id": wrapped.error_id},
+            )
             await self._on_failed(entry, wrapped, logged=True)
         finally:
             self._release(entry)
@@ -339,6 +346,7 @@ class JobManager:
             await entry.observer.stage("generating", progress)
 
         result = await self._generator.generate(spec.request, out_dir=job_dir, on_progress=on_progress)
+        bind_log_context(request_id=result.request_id)
         await self._set_stage(
             entry,
             "processing",
@@ -386,7 +394,11 @@ class JobManager:
         code = exc.code if isinstance(exc, ServiceError) and exc.code else type(exc).__name__
         if not logged:
             request_id = exc.request_id if isinstance(exc, ServiceError) else None
-            log.warning("job %s failed [error %s]: %s (request %s)", entry.spec.job_id, exc.error_id, exc, request_id)
+            log.warning(
+                "job %s failed [error %s]: %s (request %s)",
+                *(entry.spec.job_id, exc.error_id, exc, request_id),
+                extra={"error_id": exc.error_id, "request_id": request_id},
+            )
         await self._finish(entry, "failed", error_code=code, error_id=exc.error_id)
         await _quietly(entry.observer.failed(exc))
 

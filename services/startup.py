@@ -1,4 +1,4 @@
-"""What the bot checks and cleans at start, before it connects to Discord.
+"""What the bot checks at start, before it connects to Discord.
 
 Each problem is a :class:`StartupError` whose text is one sentence for the operator: what is wrong, and what to do.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -94,36 +93,14 @@ async def check_work_dir(work_dir: Path) -> None:
         ) from None
 
 
-def _remove_leftovers(work_dir: Path) -> int:
-    """*Blocking.* Remove what a killed run left in the work folder: job folders and partial downloads."""
-    removed = 0
-    for entry in list(work_dir.iterdir()):
-        if entry.is_dir() and entry.name.startswith("job-"):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed += 1
-        elif entry.is_file() and entry.name.endswith(".part"):
-            entry.unlink(missing_ok=True)
-            removed += 1
-    return removed
+async def prepare(settings: Settings, clock: Clock) -> Path:
+    """Every check before connecting; returns the work folder. Raises StartupError.
 
-
-async def remove_leftovers(work_dir: Path) -> int:
-    """At start, while no job runs: the README promises audio lives only while a song is being prepared."""
-    removed = await asyncio.to_thread(_remove_leftovers, work_dir)
-    if removed:
-        log.info("removed %d leftover item(s) of an earlier run from %s", removed, work_dir)
-    return removed
-
-
-async def prepare(settings: Settings, clock: Clock, *, clean: bool = True) -> Path:
-    """Every check before connecting, then (``clean``) the clean-up; returns the work folder. Raises StartupError.
-
-    ``clean=False`` for ``sync``, which must not touch the files of a bot running elsewhere on this data folder.
+    (What a killed run left in the work folder is removed once its jobs are marked interrupted: ``SongBot``'s
+    recovery, then :func:`services.housekeeping.sweep`.)
     """
     work_dir = settings.data_dir / "work"
     await check_work_dir(work_dir)
     await check_ffmpeg()
     await check_database(settings.database_url, clock)
-    if clean:
-        await remove_leftovers(work_dir)
     return work_dir

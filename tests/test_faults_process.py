@@ -131,10 +131,13 @@ async def test_killed_mid_job_then_restarted_marks_it_interrupted_refunds_and_ed
             job, reservation = await job_and_reservation(store, member)
             assert job.status == "generating" and reservation == "held"  # killed: nothing ran after
             assert job.interaction_token  # kept while it runs, for this restart
+        job_dir = Path(env["SONGBOT_DATA_DIR"]) / "work" / f"job-{job.id}"
+        assert await asyncio.to_thread(job_dir.is_dir)  # what the killed run was writing
         async with running_bot(tmp_path, fake=fake) as h:
             job = await h.store.get_job(job.id)
             assert job.status == "interrupted" and job.finished_at is not None
             assert job.interaction_token is None  # an ended job keeps no token
+            assert not await asyncio.to_thread(job_dir.exists)  # its files removed at start
             assert (await h.bot.services.policy.member_usage(fake.guild.id, member)).songs_used == 0
             async with h.store.read() as tx:
                 assert str((await tx.reservation(job.id)).state) == "refunded"
