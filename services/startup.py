@@ -6,7 +6,6 @@ Each problem is a :class:`StartupError` whose text is one sentence for the opera
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import tempfile
 from pathlib import Path
@@ -19,8 +18,6 @@ from services.errors import ConfigError, SongbotError
 from services.ffmpeg import FfmpegError, run_ffmpeg
 from services.settings import Settings
 from services.store import Store
-
-log = logging.getLogger(__name__)
 
 FFMPEG_CHECK_TIMEOUT_S = 30.0
 
