@@ -43,6 +43,8 @@ from services.store import JobRecord, Store
 log = logging.getLogger("songbot")
 
 EXTENSIONS = ("cogs.song", "cogs.config", "cogs.housekeeping")
+#: Extensions with no commands, only background work; ``sync`` does not load them.
+BACKGROUND_EXTENSIONS = frozenset({"cogs.housekeeping"})
 #: An interaction token edits the member's message for 15 minutes; a restart leaves a margin before giving up on it.
 TOKEN_USABLE_FOR = timedelta(minutes=14)
 
@@ -143,6 +145,8 @@ class SongBot(commands.Bot):
     async def setup_hook(self) -> None:
         self._services = await self._create_services()
         for extension in EXTENSIONS:
+            if self.sync_only and extension in BACKGROUND_EXTENSIONS:
+                continue  # `sync` pushes the commands and exits: no sweeps of a data folder a running bot may use
             await self.load_extension(extension)
         await self._sync_commands()
         if not self.sync_only:  # a `sync` run must not touch the jobs of a bot running elsewhere

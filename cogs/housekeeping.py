@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,10 @@ class HousekeepingCog(commands.Cog):
 
     async def cog_unload(self) -> None:
         self.sweeper.cancel()
+        task = self.sweeper.get_task()
+        if task is not None:  # wait until a sweep in progress has stopped, before the bot closes the database
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @tasks.loop(hours=SWEEP_EVERY_HOURS)
     async def sweeper(self) -> None:
