@@ -60,6 +60,12 @@ def refusal_text(refusal: PolicyRefusal) -> str:
     return text
 
 
+def link_text(url: str, expires_at: float | None) -> str:
+    """The last way to hand over a song: its download link alone, when no upload got through."""
+    expiry = f" (the link expires {relative(expires_at)})" if expires_at else ""
+    return f"🎵 Your song is ready, but it could not be uploaded here: [download it]({url}){expiry}."
+
+
 def format_duration(seconds: float) -> str:
     whole = round(seconds)
     return f"{whole // 60}:{whole % 60:02d}"
