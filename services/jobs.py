@@ -13,7 +13,7 @@ import contextlib
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,10 +22,14 @@ from typing import Any, Protocol
 from services.audio import FitResult, Tags, fit, waveform_png
 from services.errors import CannotFit, ServiceError, SongbotError
 from services.funmusic.request import GenerationRequest, GenerationResult, Progress, ProgressCallback
+from services.store.records import JobStateError
 
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"delivered", "failed", "cancelled", "interrupted"})
+#: Waits before each new try of the bookkeeping after a delivery (settle, "delivered"): a song that reached the
+#: member is never taken back, so a failed write is logged with its error id and tried again.
+BOOKKEEPING_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
 
 
 class ShuttingDown(SongbotError):
@@ -157,6 +161,7 @@ class _Entry:
     cancelled_by: int | None = None
     cancel_requested: bool = False
     shutting_down: bool = False
+    delivered: bool = False  # the song reached the member: nothing may take it back any more
 
 
 class JobManager:
@@ -311,15 +316,24 @@ class JobManager:
             song = await self._make(entry, job_dir)
             await self._deliver(entry, song)
         except asyncio.CancelledError:
-            await self._on_cancelled(entry)
+            if entry.delivered:
+                log.warning("job %s: stopped after its song was delivered; the delivery stands", entry.spec.job_id)
+            else:
+                await self._on_cancelled(entry)
             if not entry.cancel_requested and not entry.shutting_down:
                 raise
-        except SongbotError as exc:
-            await self._on_failed(entry, exc)
-        except Exception as exc:  # a bug: log it whole, tell the member in plain words
-            wrapped = SongbotError(f"unexpected {type(exc).__name__}")
-            log.exception("job %s failed unexpectedly [error %s]", entry.spec.job_id, wrapped.error_id)
-            await self._on_failed(entry, wrapped, logged=True)
+        except Exception as exc:
+            if entry.delivered:  # the member has the song: never refund it or edit their message into a failure
+                wrapped = exc if isinstance(exc, SongbotError) else SongbotError(f"unexpected {type(exc).__name__}")
+                log.exception(
+                    "job %s: error after delivery [error %s]; the delivery stands", entry.spec.job_id, wrapped.error_id
+                )
+            elif isinstance(exc, SongbotError):
+                await self._on_failed(entry, exc)
+            else:  # a bug: log it whole, tell the member in plain words
+                wrapped = SongbotError(f"unexpected {type(exc).__name__}")
+                log.exception("job %s failed unexpectedly [error %s]", entry.spec.job_id, wrapped.error_id)
+                await self._on_failed(entry, wrapped, logged=True)
         finally:
             self._release(entry)
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
@@ -354,14 +368,8 @@ class JobManager:
         await self._set_stage(entry, "delivering")
         await entry.observer.stage("delivering", None)
         delivery = await entry.observer.deliver(song)
-        billed = song.result.billed_seconds or round(song.result.duration_s)
-        await self._ledger.settle(entry.spec.job_id, int(billed))
-        await self._set_stage(
-            entry,
-            "delivered",
-            message_id=delivery.message_id,
-            channel_id=delivery.channel_id,
-        )
+        entry.delivered = True
+        entry.stage = "delivered"
         log.info(
             "job %s delivered via %s (request %s, %.1f s)",
             entry.spec.job_id,
@@ -369,6 +377,42 @@ class JobManager:
             song.result.request_id,
             song.result.duration_s,
         )
+        job_id = entry.spec.job_id
+        billed = song.result.billed_seconds or round(song.result.duration_s)
+        await self._bookkeep(job_id, "its quota use", lambda: self._ledger.settle(job_id, int(billed)))
+        await self._bookkeep(
+            job_id,
+            "it as delivered",
+            lambda: self._store.transition(
+                job_id, "delivered", message_id=delivery.message_id, channel_id=delivery.channel_id
+            ),
+        )
+
+    async def _bookkeep(self, job_id: int, what: str, write: Callable[[], Awaitable[object]]) -> bool:
+        """One write after a delivery. It never fails the job: each failure is logged with an error id and the
+        write tried again (``BOOKKEEPING_RETRY_DELAYS_S``); a :class:`JobStateError` (the row says the job already
+        ended, e.g. another process marked it) cannot change by retrying and is only logged. True once written."""
+        for delay in (*BOOKKEEPING_RETRY_DELAYS_S, None):
+            try:
+                await write()
+                return True
+            except Exception as exc:
+                error = exc if isinstance(exc, SongbotError) else SongbotError(f"{type(exc).__name__}")
+                final = delay is None or isinstance(exc, JobStateError)
+                log.error(
+                    "job %s: the song was delivered, but recording %s failed [error %s]: %s: %s%s",
+                    job_id,
+                    what,
+                    error.error_id,
+                    type(exc).__name__,
+                    exc,
+                    "" if final else f"; trying again in {delay:g} s",
+                )
+                if final:
+                    return False
+                assert delay is not None
+                await asyncio.sleep(delay)
+        return False
 
     async def _on_cancelled(self, entry: _Entry) -> None:
         job_id = entry.spec.job_id
