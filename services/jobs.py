@@ -162,6 +162,7 @@ class _Entry:
     cancel_requested: bool = False
     shutting_down: bool = False
     delivered: bool = False  # the song reached the member: nothing may take it back any more
+    concluding: bool = False  # on its failure or cancel path: a Cancel now must not cut the member's last word
 
 
 class JobManager:
@@ -240,6 +241,9 @@ class JobManager:
         entry = self._entries.get(job_id)
         if entry is None or entry.task is None or entry.stage not in ("accepted", "queued", "generating"):
             return False
+        if entry.concluding and not entry.cancel_requested:
+            # the job already failed and is telling its member (refund, words, buttons removed): let that finish
+            return False
         if entry.cancel_requested:
             # a second task.cancel() would interrupt the job's own clean-up and leave the member without a word
             return True
@@ -254,7 +258,7 @@ class JobManager:
         entries = list(self._entries.values())
         for entry in entries:
             entry.shutting_down = True
-            if entry.task is not None and entry.stage != "delivering":
+            if entry.task is not None and entry.stage != "delivering" and not entry.concluding:
                 entry.task.cancel()
         tasks = [e.task for e in entries if e.task is not None]
         if tasks:
@@ -316,6 +320,7 @@ class JobManager:
             song = await self._make(entry, job_dir)
             await self._deliver(entry, song)
         except asyncio.CancelledError:
+            entry.concluding = True
             if entry.delivered:
                 log.warning("job %s: stopped after its song was delivered; the delivery stands", entry.spec.job_id)
             else:
@@ -323,6 +328,7 @@ class JobManager:
             if not entry.cancel_requested and not entry.shutting_down:
                 raise
         except Exception as exc:
+            entry.concluding = True  # from here, a Cancel pressed at this instant cannot interrupt the failure path
             if entry.delivered:  # the member has the song: never refund it or edit their message into a failure
                 wrapped = exc if isinstance(exc, SongbotError) else SongbotError(f"unexpected {type(exc).__name__}")
                 log.exception(
