@@ -376,10 +376,10 @@ class DiscordJobObserver:
         for target in ["dm"] if self.ctx.private else ["channel", "dm"]:
             try:
                 messageable = await self._messageable(target)
-                sent = await messageable.send(
+                posted = await messageable.send(
                     f"<@{self.ctx.user_id}> {text}", allowed_mentions=mention_only(self.ctx.user_id)
                 )
-                return Delivery(sent.channel.id, sent.id, "link")
+                return Delivery(posted.channel.id, posted.id, "link")
             except ROUTE_ERRORS as exc:
                 log.warning(
                     "job %s: could not post the link by %s: %s: %s", self.ctx.job_id, target, type(exc).__name__, exc

@@ -13,7 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs._words import NO_PINGS, clip, format_duration, relative
+from cogs._words import NO_PINGS, clip, format_duration, global_usage_text, relative
 from cogs.song import is_manager
 from services.errors import InvalidInput
 from services.guild_settings import SETTINGS, GuildSettings
@@ -96,6 +96,7 @@ class ConfigCog(commands.Cog):
         server_daily_songs="Songs the server can make per UTC day (0–100000)",
         server_daily_minutes="Minutes of music the server can make per UTC day (0–100000)",
         max_concurrent="Songs this server can have generating at once (1–20)",
+        max_queued="Songs this server can have waiting in the queue at once (1–1000)",
         default_voice="Voice when a member doesn't choose",
         default_format="Format when a member doesn't choose",
         watermark="Audible AI watermark: always, never, or the member's choice",
@@ -110,6 +111,7 @@ class ConfigCog(commands.Cog):
         server_daily_songs: int | None = None,
         server_daily_minutes: int | None = None,
         max_concurrent: int | None = None,
+        max_queued: int | None = None,
         default_voice: Literal["female", "male"] | None = None,
         default_format: Literal["mp3", "wav", "ogg"] | None = None,
         watermark: Literal["always", "never", "member"] | None = None,
@@ -125,6 +127,7 @@ class ConfigCog(commands.Cog):
             "server_daily_songs": server_daily_songs,
             "server_daily_minutes": server_daily_minutes,
             "max_concurrent": max_concurrent,
+            "max_queued": max_queued,
             "default_voice": default_voice,
             "default_format": default_format,
             "watermark": watermark,
@@ -220,6 +223,10 @@ class ConfigCog(commands.Cog):
                     for row in server.top
                 )
                 embed.add_field(name="Top members", value=top, inline=False)
+            if interaction.guild_id == self.services.settings.dev_guild_id or await self.bot.is_owner(interaction.user):
+                # the operator's own server: what DashScope billed across all servers, beside what was delivered
+                everywhere = await policy.global_usage()
+                embed.add_field(name="All servers (operator)", value=global_usage_text(everywhere), inline=False)
         embed.set_footer(text="Quotas reset at 00:00 UTC.")
         embed.add_field(name="Resets", value=relative(mine.resets_at.timestamp()), inline=False)
         await self._reply(interaction, embed=embed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import shutil
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -55,9 +56,41 @@ class JobStore(Protocol):
 
 
 class Ledger(Protocol):
-    async def settle(self, job_id: int, actual_seconds: float) -> object: ...
+    async def settle(self, job_id: int, actual_seconds: float, billed_seconds: float | None = None) -> object: ...
 
-    async def refund(self, job_id: int) -> object: ...
+    async def refund(self, job_id: int, billed_seconds: float = 0) -> object: ...
+
+
+def _whole(seconds: float) -> int:
+    return max(0, math.ceil(seconds - 1e-9))
+
+
+@dataclass
+class Spend:
+    """What DashScope generated, and so billed, for one job: seconds of audio per attempt, from the client's
+    progress reports (billing is per second of audio generated, whether the song was delivered or not)."""
+
+    streamed: dict[int, float] = field(default_factory=dict)  # generation attempt -> seconds of audio streamed
+    attempt: int = 0  # the latest generation attempt
+    downloaded: float = 0.0  # seconds of audio fetched from the url (a non-streaming answer)
+
+    def record(self, progress: Progress) -> None:
+        if progress.stage in ("connecting", "generating"):
+            self.attempt = max(self.attempt, progress.attempt)
+        if progress.stage == "generating":
+            self.streamed[progress.attempt] = max(self.streamed.get(progress.attempt, 0.0), progress.seconds_received)
+        elif progress.stage == "downloading":
+            self.downloaded = max(self.downloaded, progress.seconds_received)
+
+    def billed(self, result: GenerationResult | None = None) -> int:
+        """Whole seconds billed: every attempt's streamed audio; for a finished song, its last attempt is what the
+        service says it billed (``usage.duration``), else the song's length."""
+        if result is not None:
+            earlier = sum(_whole(s) for attempt, s in self.streamed.items() if attempt != self.attempt)
+            last = result.billed_seconds if result.billed_seconds is not None else _whole(result.duration_s)
+            return earlier + max(0, last)
+        streamed = sum(_whole(s) for s in self.streamed.values())
+        return streamed if streamed else _whole(self.downloaded)
 
 
 @dataclass(frozen=True)
@@ -163,6 +196,8 @@ class _Entry:
     shutting_down: bool = False
     delivered: bool = False  # the song reached the member: nothing may take it back any more
     concluding: bool = False  # on its failure or cancel path: a Cancel now must not cut the member's last word
+    spend: Spend = field(default_factory=Spend)
+    result: GenerationResult | None = None  # the finished song, once the service delivered it
 
 
 class JobManager:
@@ -356,9 +391,11 @@ class JobManager:
         await entry.observer.stage("generating", None)
 
         async def on_progress(progress: Progress) -> None:
+            entry.spend.record(progress)
             await entry.observer.stage("generating", progress)
 
         result = await self._generator.generate(spec.request, out_dir=job_dir, on_progress=on_progress)
+        entry.result = result
         await self._set_stage(
             entry,
             "processing",
@@ -384,8 +421,9 @@ class JobManager:
             song.result.duration_s,
         )
         job_id = entry.spec.job_id
-        billed = song.result.billed_seconds or round(song.result.duration_s)
-        await self._bookkeep(job_id, "its quota use", lambda: self._ledger.settle(job_id, int(billed)))
+        used = song.result.billed_seconds or round(song.result.duration_s)
+        billed = entry.spend.billed(song.result)
+        await self._bookkeep(job_id, "its quota use", lambda: self._ledger.settle(job_id, int(used), billed))
         await self._bookkeep(
             job_id,
             "it as delivered",
@@ -444,7 +482,7 @@ class JobManager:
         """Refund, then record the terminal state; shielded so a second cancel cannot leave it half-written."""
 
         async def write() -> None:
-            await self._ledger.refund(entry.spec.job_id)
+            await self._ledger.refund(entry.spec.job_id, entry.spend.billed(entry.result))
             entry.stage = status
             await self._store.transition(entry.spec.job_id, status, **fields)
 

@@ -203,11 +203,13 @@ async def test_global_budget_spans_servers_and_dms(store: Store, clock: FakeCloc
     assert (usage.songs_used, usage.seconds_used, usage.seconds_limit, usage.seconds_left) == (4, 300, 300, 0)
 
 
-async def test_queue_full_is_last_and_writes_nothing(store: Store, policy: Policy) -> None:
+async def test_queue_full_is_last_and_writes_nothing(store: Store, policy: Policy, clock: FakeClock) -> None:
     refused = await refusal(policy, ctx(), queue=no_room)
-    assert (refused.reason, refused.user_message) == (
+    retry = int(clock.now().timestamp()) + 60  # about one song's generation (the estimate, at least a minute)
+    assert (refused.reason, refused.retry_at, refused.user_message) == (
         RefusalReason.QUEUE_FULL,
-        "The song queue is full right now; please try again in a few minutes.",
+        retry,
+        f"The song queue is full right now; try again <t:{retry}:R>.",
     )
     assert await usage_of(store) == Totals(0, 0)
     assert await store.history(MEMBER) == []
@@ -461,11 +463,14 @@ async def test_delete_member_data_keeps_quotas_but_not_the_member(store: Store, 
     await admit(policy, ctx(user=MEMBER + 1, seconds=40))
 
     assert await store.delete_member_data(MEMBER) == 2
-    assert await store.history(MEMBER) == []
-    for job_id in (first.job_id, running.job_id):
-        job = await store.get_job(job_id)
-        assert job is not None
-        assert (job.user_id, job.prompt, job.lyrics, job.options, job.url) == (None, None, None, {}, None)
+    # the finished job is anonymised at once; the running one keeps only its owner (Cancel checks it) until it ends
+    assert [j.id for j in await store.history(MEMBER)] == [running.job_id]
+    job = await store.get_job(first.job_id)
+    assert job is not None
+    assert (job.user_id, job.prompt, job.lyrics, job.options, job.url) == (None, None, None, {}, None)
+    job = await store.get_job(running.job_id)
+    assert job is not None
+    assert (job.user_id, job.prompt, job.lyrics, job.options, job.url) == (MEMBER, None, None, {}, None)
     assert [e.actor_id for e in await store.audit_log(GUILD) if e.key == "channels"] == [None]
 
     # The counts stay (anonymised): the server's totals and the member's own quota still hold.
@@ -474,9 +479,16 @@ async def test_delete_member_data_keeps_quotas_but_not_the_member(store: Store, 
     assert [m.user_id for m in server.top] == [MEMBER + 1]
     assert (await policy.member_usage(GUILD, MEMBER)).songs_used == 2
     assert (await refusal(policy, ctx())).reason == RefusalReason.MEMBER_QUOTA
-    # A job in flight at deletion still finishes and settles.
+    # A job in flight at deletion still finishes and settles; what it stores on the way is not kept, and once it
+    # ends its owner id is erased too.
+    await store.transition(running.job_id, JobStatus.PROCESSING, url="https://x/2.mp3", duration_s=35.0)
+    job = await store.get_job(running.job_id)
+    assert job is not None and (job.user_id, job.url) == (MEMBER, None)
     await store.transition(running.job_id, JobStatus.DELIVERED)
     assert await policy.settle(running.job_id, 35) is True
     assert (await policy.member_usage(GUILD, MEMBER)).seconds_used == 75
+    job = await store.get_job(running.job_id)
+    assert job is not None and (job.user_id, job.prompt, job.url, job.duration_s) == (None, None, None, 35.0)
+    assert await store.history(MEMBER) == []
     other = await store.history(MEMBER + 1)
     assert len(other) == 1 and other[0].prompt == "a song"

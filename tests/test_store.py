@@ -28,6 +28,7 @@ CASES: dict[str, tuple[object, object, str]] = {
     "server_daily_songs": (500, -1, "server_daily_songs must be between 0 and 100000 songs; got -1."),
     "server_daily_minutes": (30, 100001, "server_daily_minutes must be between 0 and 100000 minutes; got 100001."),
     "max_concurrent": (5, 0, "max_concurrent must be between 1 and 20 songs; got 0."),
+    "max_queued": (100, 0, "max_queued must be between 1 and 1000 songs; got 0."),
     "default_voice": ("male", "robot", "default_voice must be one of female, male; got 'robot'."),
     "default_format": ("ogg", "flac", "default_format must be one of mp3, wav, ogg; got 'flac'."),
     "watermark": ("never", "sometimes", "watermark must be one of always, never, member; got 'sometimes'."),
@@ -198,7 +199,7 @@ async def test_migrations_build_an_empty_database_and_reopen_is_idempotent(
     async with first.read() as tx:
         salt = await tx.conn.scalar(sa.text("SELECT value FROM meta WHERE key = 'member_key_salt'"))
         rows = (await tx.conn.execute(sa.text("SELECT version, name FROM schema_version"))).all()
-    assert [tuple(r) for r in rows] == [(1, "initial")]
+    assert [tuple(r) for r in rows] == [(1, "initial"), (2, "billing and erasure")]
     await first.create_job(guild_id=1, channel_id=2, user_id=3, prompt="p", lyrics=None, options={})
     await first.close()
 
@@ -206,7 +207,7 @@ async def test_migrations_build_an_empty_database_and_reopen_is_idempotent(
     try:
         async with second.read() as tx:
             assert await tx.conn.scalar(sa.text("SELECT value FROM meta WHERE key = 'member_key_salt'")) == salt
-            assert await tx.conn.scalar(sa.text("SELECT count(*) FROM schema_version")) == 1
+            assert await tx.conn.scalar(sa.text("SELECT count(*) FROM schema_version")) == 2
         assert (await second.get_job(1)) is not None
     finally:
         await second.close()

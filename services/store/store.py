@@ -182,12 +182,23 @@ class Store:
 
     async def recover_interrupted(self) -> list[JobRecord]:
         """At start-up: mark every unfinished job interrupted and refund its quota; returns them (now interrupted)
-        so the bot can tell their channels."""
+        so the bot can tell their channels.
+
+        What DashScope billed for them is not known after a crash; the operator's budget keeps a cautious figure:
+        the song's length once it had arrived (processing or later), the estimate while it was generating (the
+        audio may have been paid for), nothing while it was only queued."""
         async with self.write() as tx:
             recovered = []
             for job in await tx.unfinished_jobs():
+                held = await tx.reservation(job.id)
+                if job.duration_s is not None:
+                    billed = job.duration_s
+                elif job.status is JobStatus.GENERATING and held is not None:
+                    billed = float(held.seconds)
+                else:
+                    billed = 0.0
                 recovered.append(await tx.transition(job.id, JobStatus.INTERRUPTED, {}))
-                await tx.refund(job.id)
+                await tx.refund(job.id, billed_seconds=billed)
             return recovered
 
     async def history(self, user_id: int, guild_id: int | None = None, limit: int = 10) -> list[JobRecord]:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.errors import ConfigError
-from services.store.migrations import v0001_initial
+from services.store.migrations import v0001_initial, v0002_billing_and_erasure
 from services.store.schema import schema_version
 
 
@@ -28,7 +28,10 @@ class Migration:
     upgrade: Callable[[Connection], None]
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, v0001_initial.NAME, v0001_initial.upgrade),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, v0001_initial.NAME, v0001_initial.upgrade),
+    Migration(2, v0002_billing_and_erasure.NAME, v0002_billing_and_erasure.upgrade),
+)
 LATEST = MIGRATIONS[-1].version
 
 
