@@ -59,3 +59,23 @@ async def test_cancel_in_the_instant_the_stream_fails_still_ends_with_the_failur
         job = await h.wait_job_status(job_id, "failed", "cancelled")
         assert job.status == "failed"
         await assert_refunded(h, job_id)
+
+
+async def test_after_songdata_delete_the_member_can_still_cancel_their_running_song(tmp_path: Path) -> None:
+    """A member erases their data with /songdata delete while their song is generating: the stored text is gone
+    at once, but they can still cancel it (the owner check needs their id until the job ends); once it has
+    ended, their id is erased from it too."""
+    slow = Scenario(duration_s=3.0, chunk_bytes=2048, chunk_delay_s=0.2)
+    async with running_bot(tmp_path, scenario=slow) as h:
+        iid = await h.song({"prompt": PROMPT})
+        job_id = await job_of(h, iid)
+        erased = await h.command("songdata delete")
+        assert "Erased" in str((await h.fake.wait_for_callback(erased)).data.get("content"))
+        job = await h.store.get_job(job_id)
+        assert (job.prompt, job.lyrics, job.options) == (None, None, {})
+        await h.fake.send_interaction(h.fake.click(f"song:cancel:{job_id}", h.fake.original(iid)))
+        final = await h.wait_final(iid)
+        assert final.content.startswith("🛑 Cancelled by you"), final.content
+        job = await h.wait_job_status(job_id, "cancelled")
+        assert (job.user_id, job.prompt, job.url) == (None, None, None)
+        assert await h.store.history(h.fake.user.id) == []

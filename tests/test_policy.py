@@ -492,3 +492,72 @@ async def test_delete_member_data_keeps_quotas_but_not_the_member(store: Store, 
     assert await store.history(MEMBER) == []
     other = await store.history(MEMBER + 1)
     assert len(other) == 1 and other[0].prompt == "a song"
+
+
+# --- what DashScope billed, and each server's queue -------------------------------------------------------------
+
+
+async def test_global_budget_counts_what_was_billed_not_what_was_delivered(store: Store, clock: FakeClock) -> None:
+    """A cancel after audio arrived (40 s streamed), a delivered song whose first attempt streamed 30 s before it
+    broke (50 s song), and a job cancelled while queued (nothing streamed): the members got their quotas back
+    where they got no song, but the operator's budget holds every billed second (40 + 30 + 50)."""
+    policy = Policy(store, clock, global_daily_seconds=300)
+    await relax(store)
+    cancelled = await admit(policy, ctx(user=1, seconds=100))
+    delivered = await admit(policy, ctx(user=2, seconds=100))
+    queued = await admit(policy, ctx(user=3, guild=None, seconds=100))
+    assert (await policy.global_usage()).billed_seconds == 300  # running jobs count their estimate
+    assert await policy.refund(cancelled.job_id, billed_seconds=39.2) is True
+    assert await policy.settle(delivered.job_id, 50, billed_seconds=80) is True
+    assert await policy.refund(queued.job_id) is True
+    assert await policy.refund(cancelled.job_id, billed_seconds=99) is False  # idempotent: nothing changes
+    usage = await policy.global_usage()
+    assert (usage.songs_used, usage.seconds_used, usage.billed_seconds, usage.seconds_left) == (1, 50, 120, 180)
+    assert await usage_of(store, user=1) == Totals(0, 0)
+    assert await usage_of(store, user=3, guild=DM_GUILD) == Totals(0, 0)
+    refused = await refusal(policy, ctx(user=4, seconds=181))
+    assert refused.reason == RefusalReason.GLOBAL_BUDGET and "only 3 minutes of music left" in refused.user_message
+    await admit(policy, ctx(user=4, seconds=180))
+
+
+async def test_recovery_keeps_a_cautious_billed_figure(db_target: DbTarget, clock: FakeClock) -> None:
+    """After a crash nobody knows what was billed: a song that had arrived counts its length, one that was
+    generating its estimate, one still queued nothing; the members' quotas are all refunded."""
+    first = await db_target.open(clock)
+    policy = Policy(first, clock, global_daily_seconds=None)
+    await relax(first)
+    arrived = await admit(policy, ctx(user=1, seconds=60))
+    await first.transition(arrived.job_id, JobStatus.PROCESSING, duration_s=41.5)
+    generating = await admit(policy, ctx(user=2, seconds=60))
+    await first.transition(generating.job_id, JobStatus.GENERATING)
+    queued = await admit(policy, ctx(user=3, seconds=60))
+    await first.transition(queued.job_id, JobStatus.QUEUED)
+    await first.close()
+    second = await db_target.open(clock)
+    try:
+        assert len(await second.recover_interrupted()) == 3
+        async with second.read() as tx:
+            billed = [(await tx.reservation(a.job_id)).billed_seconds for a in (arrived, generating, queued)]
+        assert billed == [42, 60, 0]
+        usage = await Policy(second, clock, global_daily_seconds=None).global_usage()
+        assert (usage.songs_used, usage.billed_seconds) == (0, 102)
+    finally:
+        await second.close()
+
+
+async def test_each_server_bounds_its_own_queue_and_says_when_to_try_again(
+    store: Store, policy: Policy, clock: FakeClock
+) -> None:
+    """max_queued counts the server's jobs admitted but not started (rows, so every process agrees); a full
+    server refuses with a retry time, other servers and DMs are not affected, and a job starting frees a place."""
+    await relax(store, max_queued=2)
+    first = await admit(policy, ctx(user=1, seconds=200))
+    await admit(policy, ctx(user=2, seconds=200))
+    refused = await refusal(policy, ctx(user=3, seconds=200))
+    retry = int(clock.now().timestamp()) + 200
+    assert (refused.reason, refused.retry_at) == (RefusalReason.QUEUE_FULL, retry)
+    assert refused.user_message == f"This server already has 2 songs waiting in the queue; try again <t:{retry}:R>."
+    await admit(policy, ctx(user=3, guild=GUILD + 1))
+    await admit(policy, ctx(user=3, guild=None))
+    await store.transition(first.job_id, JobStatus.GENERATING)
+    await admit(policy, ctx(user=3, seconds=200))

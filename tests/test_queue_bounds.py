@@ -29,11 +29,12 @@ async def test_thirty_members_in_three_servers_pressing_song_together_are_all_qu
     async with FakeDiscord(token=TOKEN) as fake:
         guilds = [fake.guild, fake.add_guild("second"), fake.add_guild("third")]
         async with running_bot(tmp_path, scenario=SLOW, fake=fake) as h:
-            presses = [
-                (guild, h.fake.add_user(f"member{g}-{i}")) for g, guild in enumerate(guilds) for i in range(10)
-            ]
+            presses = [(guild, h.fake.add_user(f"member{g}-{i}")) for g, guild in enumerate(guilds) for i in range(10)]
             ids = await asyncio.gather(
-                *(h.song({"prompt": PROMPT}, user=user, guild=guild, channel=guild.channels[0]) for guild, user in presses)
+                *(
+                    h.song({"prompt": PROMPT}, user=user, guild=guild, channel=guild.channels[0])
+                    for guild, user in presses
+                )
             )
             outcomes = [await h.outcome(iid) for iid in ids]
             refused = [text for ok, text in outcomes if not ok]
