@@ -7,8 +7,9 @@ nothing writes none).
 What is stored about a member, and what :meth:`Store.delete_member_data` does with it:
 
 * jobs: their prompt, lyrics and options, the result message and audio url, the status and timestamps. Deletion
-  scrubs the member's id, prompt, lyrics, options and url from every job of theirs (the rows stay, anonymised, so
-  a job still running finishes cleanly and the server's history of counts stays right).
+  scrubs the prompt, lyrics, options and url from every job of theirs, and the member's id from every finished one
+  (the rows stay, anonymised, so the server's history of counts stays right). A job still running keeps the id,
+  which its Cancel button's owner check needs, until it ends; then it is erased too (``erase_on_finish``).
 * usage per server, member and UTC day. Rows are keyed by a *member key*, an HMAC-SHA256 of the member id with a
   random salt kept in this database; the plain id is kept beside it only for ``/songusage``'s top members.
   Deletion removes the plain id and keeps the counts under the member key, so the server's quotas *and the
