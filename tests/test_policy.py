@@ -545,6 +545,26 @@ async def test_recovery_keeps_a_cautious_billed_figure(db_target: DbTarget, cloc
         await second.close()
 
 
+async def test_recovery_keeps_a_song_whose_delivered_write_was_lost(db_target: DbTarget, clock: FakeClock) -> None:
+    """The song was posted and its quota settled, but the process died before "delivered" was written: at start
+    it is marked delivered, not interrupted, and the member's quota is not refunded."""
+    first = await db_target.open(clock)
+    policy = Policy(first, clock, global_daily_seconds=None)
+    await relax(first)
+    posted = await admit(policy, ctx(user=1, seconds=60))
+    await first.transition(posted.job_id, JobStatus.DELIVERING, duration_s=40.0)
+    await policy.settle(posted.job_id, 40.0)
+    await first.close()
+    second = await db_target.open(clock)
+    try:
+        assert await second.recover_interrupted() == []
+        job = await second.get_job(posted.job_id)
+        assert job is not None and job.status == JobStatus.DELIVERED
+        assert await usage_of(second, user=1) == Totals(1, 40)
+    finally:
+        await second.close()
+
+
 async def test_each_server_bounds_its_own_queue_and_says_when_to_try_again(
     store: Store, policy: Policy, clock: FakeClock
 ) -> None:

@@ -28,7 +28,7 @@ from services.clock import Clock
 from services.guild_settings import DEFAULTS, GuildSettings, validate_setting
 from services.store.engine import Database
 from services.store.migrations import current_version, migrate
-from services.store.records import AuditEntry, JobRecord, JobStatus, JobUpdate
+from services.store.records import AuditEntry, JobRecord, JobStatus, JobUpdate, ReservationState
 from services.store.repo import Tx, load_salt
 
 SettingsChange = tuple[GuildSettings, GuildSettings]
@@ -187,11 +187,17 @@ class Store:
 
         What DashScope billed for them is not known after a crash; the operator's budget keeps a cautious figure:
         the song's length once it had arrived (processing or later), the estimate while it was generating (the
-        audio may have been paid for), nothing while it was only queued."""
+        audio may have been paid for), nothing while it was only queued.
+
+        A job whose quota was already settled had its song posted (settling follows a delivery), only the
+        "delivered" write was lost: it is marked delivered, never refunded, and not returned."""
         async with self.write() as tx:
             recovered = []
             for job in await tx.unfinished_jobs():
                 held = await tx.reservation(job.id)
+                if held is not None and held.state is ReservationState.COMMITTED:
+                    await tx.transition(job.id, JobStatus.DELIVERED, {})
+                    continue
                 if job.duration_s is not None:
                     billed = job.duration_s
                 elif job.status is JobStatus.GENERATING and held is not None:
