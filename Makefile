@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck pytest bench clean sync invite
+.PHONY: run demo test lint typecheck pytest bench clean sync invite
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ $(DEVSTAMP): pyproject.toml | $(BIN)/python
 
 run: $(STAMP)
 	$(BIN)/python bot.py
+
+demo: $(STAMP)
+	$(BIN)/python bot.py demo
 
 sync: $(STAMP)
 	$(BIN)/python bot.py sync

@@ -37,7 +37,7 @@ from services.store import Store
 
 log = logging.getLogger("songbot")
 
-EXTENSIONS = ("cogs.song", "cogs.config")
+EXTENSIONS = ("cogs.song", "cogs.config", "cogs.housekeeping")
 
 #: What the bot needs in a channel to post a song after the interaction token expires (and to post at all).
 REQUIRED_PERMISSIONS = discord.Permissions(
@@ -255,6 +255,37 @@ async def print_invite(settings: Settings) -> None:
         )
 
 
+def run_demo_command(args: list[str]) -> int:
+    """``python bot.py demo [--out DIR] [--song-seconds N]``: the real bot against the offline Discord and the
+    simulator, narrated on the terminal (see :mod:`services.offline.demo`)."""
+    import argparse
+
+    from services.offline.demo import run_demo
+
+    parser = argparse.ArgumentParser(prog="bot.py demo", description=run_demo_command.__doc__)
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="where the songs are written")
+    parser.add_argument("--song-seconds", type=float, default=20.0, help="length of each simulated song")
+    options = parser.parse_args(args)
+    setup_logging("ERROR", [])  # the conversation is the output; only errors besides it
+    print(
+        "songbot demo: the real bot against an offline Discord and the Fun-Music simulator "
+        "(no token, no key, no network). Songs are test tones."
+    )
+    saved = asyncio.run(
+        run_demo(
+            lambda settings: SongBot(settings, guild_ready_timeout=0.1),
+            out_dir=options.out,
+            out=sys.stdout,
+            song_seconds=options.song_seconds,
+            point_at_discord=point_at_discord,
+        )
+    )
+    print(f"\n{len(saved)} file(s) written to {options.out}/:")
+    for path in saved:
+        print(f"  {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     load_dotenv()
@@ -263,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         from services.cli import run_generate
 
         return run_generate(argv[1:])
+    if command == "demo":
+        return run_demo_command(argv[1:])
     if command not in ("run", "sync", "invite"):
         print(f"error: unknown command {command!r}; use run, generate, sync or invite.", file=sys.stderr)
         return 2
@@ -271,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, settings.secrets())
+    setup_logging(settings.log_level, settings.secrets(), log_format=settings.log_format)
     try:
         if command == "invite":
             asyncio.run(print_invite(settings))

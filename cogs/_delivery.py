@@ -20,7 +20,20 @@ from typing import TYPE_CHECKING
 import aiohttp
 import discord
 
-from cogs._words import NO_PINGS, clip, failure_text, format_duration, link_text, mention_only, relative
+from cogs._limits import EMBED_TITLE, FIELD_VALUE, fit_embed, fit_lines
+from cogs._words import (
+    NO_PINGS,
+    clip,
+    download_in_title,
+    download_link,
+    failure_text,
+    format_duration,
+    link_text,
+    mention_only,
+    more_lyrics,
+    plural,
+    relative,
+)
 from services.audio import slugify
 from services.errors import SongbotError
 from services.funmusic.request import GenerationRequest, Progress
@@ -182,11 +195,15 @@ class SongMessage:
 
     def embed(self) -> discord.Embed:
         result, ctx, audio = self.song.result, self.ctx, self.song.audio
-        embed = discord.Embed(title=clip(f"🎵 {ctx.title}", 256), colour=discord.Colour.blurple())
-        lyrics = result.lyrics.strip()
+        embed = discord.Embed(title=clip(f"🎵 {ctx.title}", EMBED_TITLE), colour=discord.Colour.blurple())
+        lyrics = discord.utils.escape_markdown(result.lyrics.strip())
         if lyrics:
-            more = "\n\n*Full lyrics in lyrics.txt.*" if len(lyrics) > LYRICS_IN_EMBED else ""
-            embed.description = clip(lyrics, LYRICS_IN_EMBED) + more
+            # escaped first (that can double it), then cut at whole lines; the full text is in lyrics.txt
+            embed.description = fit_lines(
+                lyrics.split("\n"),
+                LYRICS_IN_EMBED,
+                more=more_lyrics,
+            )
         elif ctx.request.is_instrumental:
             embed.description = "*Instrumental — no lyrics.*"
         voice = "Instrumental" if ctx.request.is_instrumental else ctx.request.gender.capitalize()
@@ -195,16 +212,16 @@ class SongMessage:
         embed.add_field(name="Format", value=self._format_text())
         if audio is None and result.url:
             expiry = f" (link expires {relative(result.url_expires_at)})" if result.url_expires_at else ""
-            embed.add_field(
-                name="Download",
-                value=f"The song is too large to upload here: [download it]({result.url}){expiry}.",
-                inline=False,
-            )
+            value = download_link(result.url, expiry)
+            if len(value) > FIELD_VALUE:  # a long signed url: the title carries the link instead
+                embed.url = result.url
+                value = download_in_title(expiry)
+            embed.add_field(name="Download", value=value, inline=False)
         embed.add_field(name="Request id", value=f"`{result.request_id or 'n/a'}`", inline=False)
         if any(name == "waveform.png" for name, _ in self._extras()):
             embed.set_image(url="attachment://waveform.png")
         embed.set_footer(text=clip(f"Requested by {ctx.user_name} · job {ctx.job_id}", 200))
-        return embed
+        return fit_embed(embed)
 
     def _format_text(self) -> str:
         audio = self.song.audio
@@ -248,7 +265,7 @@ class DiscordJobObserver:
         return view
 
     async def queued(self, position: int) -> None:
-        ahead = "you're next" if position <= 1 else f"{position - 1} song(s) ahead of yours"
+        ahead = "you're next" if position <= 1 else f"{plural(position - 1, 'song')} ahead of yours"
         self.editor.show(f"⏳ Queued — position {position} ({ahead}).", self._cancel_view())
 
     async def stage(self, stage: str, progress: Progress | None) -> None:

@@ -7,15 +7,20 @@ import time
 
 import discord
 
+from cogs._limits import CONTENT, PREFIX_ROOM, fit_text
 from services.errors import (
     AuthError,
     ModerationError,
     PolicyRefusal,
     ServiceTimeout,
     SongbotError,
+    SongTooLong,
     ThrottledError,
 )
 from services.policy import GlobalUsage
+from services.text import clip as clip
+from services.text import listing as listing
+from services.text import plural as plural
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +51,50 @@ def failure_text(error: SongbotError) -> str:
         text = "The music service's moderation rejected this text. Change the prompt or lyrics and try again."
     elif isinstance(error, ServiceTimeout):
         text = "The song took too long to make, so it was stopped. Please try again later."
+    elif isinstance(error, SongTooLong):
+        text = (
+            f"The finished song is {format_duration(error.duration_s)} long, over this bot's limit of "
+            f"{format_duration(error.limit_s)}, so it could not be sent."
+        )
     else:
         text = error.user_message
-    return f"{text} (error id `{error.error_id}`)"
+    suffix = f" (error id `{error.error_id}`)"
+    return fit_text(text, CONTENT - PREFIX_ROOM - len(suffix)) + suffix
 
 
 def refusal_text(refusal: PolicyRefusal) -> str:
     """Policy refusals carry their own sentence; a retry time becomes a relative Discord timestamp."""
     text = refusal.user_message
     if refusal.retry_at is not None and "{retry}" in text:
-        return text.replace("{retry}", relative(refusal.retry_at))
-    if refusal.retry_at is not None and "<t:" not in text:
-        return f"{text} Try again {relative(refusal.retry_at)}."
-    return text
+        text = text.replace("{retry}", relative(refusal.retry_at))
+    elif refusal.retry_at is not None and "<t:" not in text:
+        text = f"{text} Try again {relative(refusal.retry_at)}."
+    return fit_text(text)
+
+
+# --- the /song form and the Cancel / Regenerate buttons ---------------------------------------------------------
+
+#: One answer for an unknown job and a job of another server (or another member's DMs): a forged id learns nothing.
+SONG_NOT_HERE = "This button doesn't belong to a song I know here."
+CANCEL_NOT_YOURS = "Only the member who asked for this song, or a moderator, can cancel it."
+CANCEL_TOO_LATE = "This song can't be cancelled any more: it is already finishing."
+REGENERATE_PRIVATE = "This song is private: only the member who asked for it can make it again."
+REGENERATE_DELETED = "This song's request was deleted, so it can't be made again."
+FORM_EMPTY = "Fill in a style prompt or lyrics (or both)."
+FORM_OUTDATED = "This form is from an older version of the bot; run /song again."
+
+
+def song_ended_text(status: str, *, jump_url: str | None = None, error_id: str | None = None) -> str:
+    """What a Cancel press on a job that already ended says: how it ended (``status`` is the job's final one)."""
+    if status == "delivered":
+        where = f" ({jump_url})" if jump_url else ""
+        return f"This song was already delivered{where}, so there is nothing to cancel."
+    if status == "cancelled":
+        return "This song was already cancelled, and its quota refunded."
+    if status == "failed":
+        code = f" (error id `{error_id}`)" if error_id else ""
+        return f"This song already failed{code}, so there is nothing to cancel."
+    return "This song was stopped when the bot restarted, and its quota refunded. Run /song to make it again."
 
 
 def link_text(url: str, expires_at: float | None) -> str:
@@ -84,5 +120,25 @@ def format_duration(seconds: float) -> str:
     return f"{whole // 60}:{whole % 60:02d}"
 
 
-def clip(text: str, limit: int, tail: str = "…") -> str:
-    return text if len(text) <= limit else text[: max(0, limit - len(tail))].rstrip() + tail
+# --- what a message says about the part of it that did not fit (see cogs/_limits.py) --------------------------
+
+
+def older_songs_not_shown(count: int) -> str:
+    return f"…and {plural(count, 'older song')} not shown."
+
+
+def more_members(count: int) -> str:
+    return f"…and {plural(count, 'more member')}."
+
+
+def more_lyrics(count: int) -> str:
+    return f"\n*…{plural(count, 'more line')} in lyrics.txt.*"
+
+
+def download_link(url: str, expiry: str) -> str:
+    return f"The song is too large to upload here: [download it]({url}){expiry}."
+
+
+def download_in_title(expiry: str) -> str:
+    """When a signed url is too long for a field, the embed's title links to the song instead."""
+    return f"The song is too large to upload here: the title above links to it{expiry}."

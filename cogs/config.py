@@ -7,16 +7,30 @@ moderator action is checked again here from the member's permissions in the inte
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs._words import NO_PINGS, clip, format_duration, global_usage_text, relative
+from cogs._limits import CONTENT, EMBED_DESCRIPTION, FIELD_VALUE, escaped, fit_embed, fit_lines, fit_text
+from cogs._words import (
+    NO_PINGS,
+    clip,
+    format_duration,
+    global_usage_text,
+    listing,
+    more_members,
+    older_songs_not_shown,
+    plural,
+    relative,
+)
 from cogs.song import is_manager
 from services.errors import InvalidInput
-from services.guild_settings import SETTINGS, GuildSettings
+from services.guild_settings import SETTINGS, SHOWN_IDS, SPECS, GuildSettings, SettingSpec
+from services.policy import GlobalUsage, MemberUsage, ServerUsage
+from services.store import JobRecord
 
 if TYPE_CHECKING:
     from bot import SongBot
@@ -26,14 +40,53 @@ log = logging.getLogger(__name__)
 NOT_A_MODERATOR = "Only members with the Manage Server permission can change /song's settings."
 
 
+#: The bounds of /songconfig set's number options, shown and enforced by Discord, come from guild_settings.
+_COOLDOWN = SPECS["cooldown"]
+_MEMBER_SONGS = SPECS["member_daily_songs"]
+_SERVER_SONGS = SPECS["server_daily_songs"]
+_SERVER_MINUTES = SPECS["server_daily_minutes"]
+_CONCURRENT = SPECS["max_concurrent"]
+_QUEUED = SPECS["max_queued"]
+
+
+def _about(spec: SettingSpec) -> str:
+    """An option's description: the setting's own words and its range (Discord allows 100 characters)."""
+    return clip(f"{spec.description.rstrip('.')} ({spec.allowed})", 100)
+
+
+#: Songs /songhistory lists, newest first.
+HISTORY_SONGS = 10
+#: Characters of a song's title in /songhistory, counted after escaping.
+HISTORY_TITLE = 80
+
+
+def _list_change(spec: SettingSpec, old: tuple[int, ...], new: tuple[int, ...]) -> str:
+    """``3 channels → 4 channels (added <#9>)``: counts once a list is long, and what was added or removed."""
+
+    def side(ids: tuple[int, ...]) -> str:
+        return spec.format(ids) if len(ids) <= SHOWN_IDS else plural(len(ids), spec.unit)
+
+    added = [i for i in new if i not in old]
+    removed = [i for i in old if i not in new]
+    parts = [f"added {listing(spec.mentions(added), SHOWN_IDS)}"] if added else []
+    parts += [f"removed {listing(spec.mentions(removed), SHOWN_IDS)}"] if removed else []
+    detail = f" ({'; '.join(parts)})" if parts and (len(old) > SHOWN_IDS or len(new) > SHOWN_IDS) else ""
+    return f"{side(old)} → {side(new)}{detail}"
+
+
 def describe_change(before: GuildSettings, after: GuildSettings) -> str:
-    """``cooldown: 60 seconds → 30 seconds`` lines for every setting that changed."""
+    """``cooldown: 60 seconds → 30 seconds`` lines for every setting that changed; long lists as counts. Fits
+    a message whatever the settings."""
     lines = []
     for spec in SETTINGS:
         old, new = getattr(before, spec.name), getattr(after, spec.name)
-        if old != new:
+        if old == new:
+            continue
+        if spec.kind == "ids":
+            lines.append(f"**{spec.name}**: {_list_change(spec, old, new)}")
+        else:
             lines.append(f"**{spec.name}**: {spec.format(old)} → {spec.format(new)}")
-    return "\n".join(lines) or "Nothing changed."
+    return fit_text("\n".join(lines) or "Nothing changed.", CONTENT)
 
 
 def settings_embed(settings: GuildSettings, guild_name: str) -> discord.Embed:
@@ -42,11 +95,67 @@ def settings_embed(settings: GuildSettings, guild_name: str) -> discord.Embed:
         state = "default" if is_default else f"default {spec.format(spec.default)}"
         embed.add_field(
             name=spec.name,
-            value=clip(f"**{spec.format(value)}** ({state})\n{spec.description}\nAllowed: {spec.allowed}", 1024),
+            value=fit_text(
+                f"**{spec.format(value)}** ({state})\n{spec.description}\nAllowed: {spec.allowed}", FIELD_VALUE
+            ),
             inline=False,
         )
     embed.set_footer(text="Members with Manage Server are exempt from role limits.")
-    return embed
+    return fit_embed(embed)
+
+
+def history_embed(jobs: list[JobRecord], now: datetime) -> discord.Embed:
+    """``/songhistory``: one line per song, newest first. Titles are escaped, then cut; when the lines with
+    their download links do not all fit, the older ones go without the link, and what still does not fit is
+    counted ("and 3 older songs")."""
+    lines: list[str] = []
+    shorts: list[str] = []
+    for job in jobs:
+        title = escaped(str(job.options.get("title") or job.prompt or "song"), HISTORY_TITLE) or "song"
+        line = f"**{title}** · {job.status} · {relative(job.created_at.timestamp())}"
+        jump = job.jump_url()
+        if jump:
+            line += f" · [message]({jump})"
+        shorts.append(line)
+        url = job.url_if_valid(now)
+        if url and job.url_expires_at:
+            line += f" · [download]({url}) (expires {relative(job.url_expires_at.timestamp())})"
+        lines.append(line)
+    description = fit_lines(lines, EMBED_DESCRIPTION, short=shorts, more=older_songs_not_shown)
+    embed = discord.Embed(title="Your recent songs", description=description, colour=discord.Colour.blurple())
+    return fit_embed(embed)
+
+
+def usage_embed(mine: MemberUsage, server: ServerUsage | None, everywhere: GlobalUsage | None = None) -> discord.Embed:
+    """``/songusage``: the member's day, for moderators the server's, and in the operator's own server what
+    DashScope billed across every server beside what was delivered."""
+    embed = discord.Embed(title="/song usage today (UTC)", colour=discord.Colour.blurple())
+    embed.add_field(
+        name="You",
+        value=f"{mine.songs_used} of {plural(mine.songs_limit, 'song')}, {format_duration(mine.seconds_used)} of "
+        f"music; {plural(mine.songs_left, 'song')} left today.",
+        inline=False,
+    )
+    if server is not None:
+        embed.add_field(
+            name="This server",
+            value=f"{server.songs_used} of {plural(server.songs_limit, 'song')}, "
+            f"{plural(server.seconds_used / 60, 'minute')} of {plural(server.seconds_limit / 60, 'minute')} "
+            "of music.",
+            inline=False,
+        )
+        if server.top:
+            rows = [
+                f"{f'<@{row.user_id}>' if row.user_id else '(deleted member)'}: {plural(row.songs, 'song')}, "
+                f"{format_duration(row.seconds)}"
+                for row in server.top
+            ]
+            embed.add_field(name="Top members", value=fit_lines(rows, FIELD_VALUE, more=more_members), inline=False)
+    if everywhere is not None:
+        embed.add_field(name="All servers (operator)", value=global_usage_text(everywhere), inline=False)
+    embed.set_footer(text="Quotas reset at 00:00 UTC.")
+    embed.add_field(name="Resets", value=relative(mine.resets_at.timestamp()), inline=False)
+    return fit_embed(embed)
 
 
 class ConfigCog(commands.Cog):
@@ -57,8 +166,13 @@ class ConfigCog(commands.Cog):
     def services(self) -> Any:
         return self.bot.services
 
-    async def _reply(self, interaction: discord.Interaction, text: str | None = None, **kwargs: Any) -> None:
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_PINGS, **kwargs)
+    async def _reply(
+        self, interaction: discord.Interaction, text: str | None = None, *, embed: discord.Embed | None = None
+    ) -> None:
+        """Every answer of this cog: ephemeral, pinging nobody, and within Discord's limits whatever it holds."""
+        kwargs: dict[str, Any] = {} if embed is None else {"embed": fit_embed(embed)}
+        content = None if text is None else fit_text(text, CONTENT)
+        await interaction.response.send_message(content, ephemeral=True, allowed_mentions=NO_PINGS, **kwargs)
 
     async def _guard(self, interaction: discord.Interaction) -> bool:
         """Guild only and Manage Server, checked by the bot itself. Answers and returns False when refused."""
@@ -91,12 +205,12 @@ class ConfigCog(commands.Cog):
     @songconfig.command(name="set", description="Change one or more /song settings.")
     @app_commands.describe(
         enabled="Whether members can make songs here at all",
-        cooldown="Seconds a member waits between songs (0–86400)",
-        member_daily_songs="Songs each member can make per UTC day (0–1000)",
-        server_daily_songs="Songs the server can make per UTC day (0–100000)",
-        server_daily_minutes="Minutes of music the server can make per UTC day (0–100000)",
-        max_concurrent="Songs this server can have generating at once (1–20)",
-        max_queued="Songs this server can have waiting in the queue at once (1–1000)",
+        cooldown=_about(_COOLDOWN),
+        member_daily_songs=_about(_MEMBER_SONGS),
+        server_daily_songs=_about(_SERVER_SONGS),
+        server_daily_minutes=_about(_SERVER_MINUTES),
+        max_concurrent=_about(_CONCURRENT),
+        max_queued=_about(_QUEUED),
         default_voice="Voice when a member doesn't choose",
         default_format="Format when a member doesn't choose",
         watermark="Audible AI watermark: always, never, or the member's choice",
@@ -106,12 +220,12 @@ class ConfigCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         enabled: bool | None = None,
-        cooldown: int | None = None,
-        member_daily_songs: int | None = None,
-        server_daily_songs: int | None = None,
-        server_daily_minutes: int | None = None,
-        max_concurrent: int | None = None,
-        max_queued: int | None = None,
+        cooldown: app_commands.Range[int, _COOLDOWN.low, _COOLDOWN.high] | None = None,
+        member_daily_songs: app_commands.Range[int, _MEMBER_SONGS.low, _MEMBER_SONGS.high] | None = None,
+        server_daily_songs: app_commands.Range[int, _SERVER_SONGS.low, _SERVER_SONGS.high] | None = None,
+        server_daily_minutes: app_commands.Range[int, _SERVER_MINUTES.low, _SERVER_MINUTES.high] | None = None,
+        max_concurrent: app_commands.Range[int, _CONCURRENT.low, _CONCURRENT.high] | None = None,
+        max_queued: app_commands.Range[int, _QUEUED.low, _QUEUED.high] | None = None,
         default_voice: Literal["female", "male"] | None = None,
         default_format: Literal["mp3", "wav", "ogg"] | None = None,
         watermark: Literal["always", "never", "member"] | None = None,
@@ -201,57 +315,22 @@ class ConfigCog(commands.Cog):
             return
         policy = self.services.policy
         mine = await policy.member_usage(interaction.guild_id, interaction.user.id)
-        embed = discord.Embed(title="/song usage today (UTC)", colour=discord.Colour.blurple())
-        embed.add_field(
-            name="You",
-            value=f"{mine.songs_used} of {mine.songs_limit} song(s), {format_duration(mine.seconds_used)} of music; "
-            f"{mine.songs_left} song(s) left today.",
-            inline=False,
-        )
-        if is_manager(interaction):
-            server = await policy.server_usage(interaction.guild_id)
-            embed.add_field(
-                name="This server",
-                value=f"{server.songs_used}/{server.songs_limit} songs, "
-                f"{server.seconds_used / 60:.1f}/{server.seconds_limit / 60:.0f} minutes of music.",
-                inline=False,
-            )
-            if server.top:
-                top = "\n".join(
-                    f"{f'<@{row.user_id}>' if row.user_id else '(deleted member)'}: {row.songs} song(s), "
-                    f"{format_duration(row.seconds)}"
-                    for row in server.top
-                )
-                embed.add_field(name="Top members", value=top, inline=False)
-            if interaction.guild_id == self.services.settings.dev_guild_id or await self.bot.is_owner(interaction.user):
-                # the operator's own server: what DashScope billed across all servers, beside what was delivered
-                everywhere = await policy.global_usage()
-                embed.add_field(name="All servers (operator)", value=global_usage_text(everywhere), inline=False)
-        embed.set_footer(text="Quotas reset at 00:00 UTC.")
-        embed.add_field(name="Resets", value=relative(mine.resets_at.timestamp()), inline=False)
-        await self._reply(interaction, embed=embed)
+        server = await policy.server_usage(interaction.guild_id) if is_manager(interaction) else None
+        everywhere = None
+        if server is not None and (
+            interaction.guild_id == self.services.settings.dev_guild_id or await self.bot.is_owner(interaction.user)
+        ):
+            everywhere = await policy.global_usage()  # the operator's own server: what DashScope billed, everywhere
+        await self._reply(interaction, embed=usage_embed(mine, server, everywhere))
 
     # --- /songhistory --------------------------------------------------------------------------------------------
     @app_commands.command(name="songhistory", description="Your recent songs, with links to them.")
     async def songhistory(self, interaction: discord.Interaction) -> None:
-        jobs = await self.services.store.history(interaction.user.id, interaction.guild_id, 10)
+        jobs = await self.services.store.history(interaction.user.id, interaction.guild_id, HISTORY_SONGS)
         if not jobs:
             await self._reply(interaction, "You have no songs yet. Make one with /song!")
             return
-        now = self.services.clock.now()
-        lines = []
-        for job in jobs:
-            title = clip(str(job.options.get("title") or job.prompt or "song"), 60)
-            line = f"**{discord.utils.escape_markdown(title)}** · {job.status} · {relative(job.created_at.timestamp())}"
-            jump = job.jump_url()
-            if jump:
-                line += f" · [message]({jump})"
-            url = job.url_if_valid(now)
-            if url and job.url_expires_at:
-                line += f" · [download]({url}) (expires {relative(job.url_expires_at.timestamp())})"
-            lines.append(line)
-        embed = discord.Embed(title="Your recent songs", description="\n".join(lines), colour=discord.Colour.blurple())
-        await self._reply(interaction, embed=embed)
+        await self._reply(interaction, embed=history_embed(jobs, self.services.clock.now()))
 
     # --- /songdata -----------------------------------------------------------------------------------------------
     songdata = app_commands.Group(name="songdata", description="Your data stored by /song")
@@ -261,7 +340,8 @@ class ConfigCog(commands.Cog):
         erased = await self.services.store.delete_member_data(interaction.user.id)
         await self._reply(
             interaction,
-            f"Erased your stored prompts, lyrics and history ({erased} song record(s)). Usage counts stay, without "
+            f"Erased your stored prompts, lyrics and history ({plural(erased, 'song record')}). Usage counts stay, "
+            "without "
             "your prompts, so today's quotas still hold.",
         )
 

@@ -20,13 +20,26 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs._delivery import DiscordJobObserver, SongContext
-from cogs._words import NO_PINGS, failure_text, refusal_text
+from cogs._words import (
+    CANCEL_NOT_YOURS,
+    CANCEL_TOO_LATE,
+    FORM_EMPTY,
+    FORM_OUTDATED,
+    NO_PINGS,
+    REGENERATE_DELETED,
+    REGENERATE_PRIVATE,
+    SONG_NOT_HERE,
+    failure_text,
+    refusal_text,
+    song_ended_text,
+)
 from services.audio import Tags
 from services.errors import InvalidInput, PolicyRefusal, SongbotError
 from services.funmusic.request import GenerationRequest, clean_text
 from services.guild_settings import GuildSettings
 from services.jobs import JobSpec
 from services.policy import RefusalReason, RequestContext
+from services.store import JobRecord
 
 if TYPE_CHECKING:
     from bot import SongBot
@@ -42,8 +55,9 @@ MAX_JOBS_PER_MEMBER = 2
 #: More /song requests than this being checked at once is a burst: each further one defers before its checks.
 BURST_CHECKS = 1
 LYRICS_FILE_TIMEOUT_S = 1.5
-_LRC_TIMESTAMP = re.compile(r"^\s*\[\d{1,2}:\d{2}(?:[.:]\d{1,3})?\]", re.MULTILINE)
-_LRC_META = re.compile(r"^\s*\[(?:ar|ti|al|by|offset|length|re|ve):[^\]]*\]\s*$", re.MULTILINE | re.IGNORECASE)
+#: matched one line at a time, at a fixed position: linear in the file's length whatever it holds
+_LRC_TIMESTAMP = re.compile(r"\[\d{1,2}:\d{2}(?:[.:]\d{1,3})?\]")
+_LRC_META = re.compile(r"\[(?:ar|ti|al|by|offset|length|re|ve):[^\]]*\]", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -75,8 +89,23 @@ class SongOptions:
 
 
 def lrc_to_lyrics(text: str) -> str:
-    """An .lrc file's timestamps and tags are not lyrics: strip them."""
-    return _LRC_TIMESTAMP.sub("", _LRC_META.sub("", text))
+    """An .lrc file's timestamps and tags are not lyrics: strip them.
+
+    Line by line: a tag line (``[ar:…]``) becomes empty and the timestamps that open a line go. Each pattern is
+    tried only at one place in one line, so the work is linear in the file (a 16 KiB file of newlines and
+    brackets cannot make it quadratic on the event loop).
+    """
+    lines: list[str] = []
+    for line in text.splitlines():
+        body = line.strip()
+        if _LRC_META.fullmatch(body):
+            lines.append("")
+            continue
+        pos = len(line) - len(line.lstrip())
+        while match := _LRC_TIMESTAMP.match(line, pos):
+            pos = match.end()
+        lines.append(line[pos:] if pos else line)
+    return "\n".join(lines)
 
 
 def check_lyrics_attachment(attachment: discord.Attachment) -> None:
@@ -107,6 +136,17 @@ def decode_lyrics_file(data: bytes, filename: str) -> str:
     return text
 
 
+async def _read_up_to(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or its first ``limit`` bytes when it is longer. (``content.read(n)`` returns what has
+    arrived so far: a file sent in several writes would be cut short.)"""
+    data = bytearray()
+    async for chunk in resp.content.iter_any():
+        data += chunk[: limit - len(data)]
+        if len(data) >= limit:
+            break
+    return bytes(data)
+
+
 async def read_lyrics_attachment(attachment: discord.Attachment, session: aiohttp.ClientSession) -> str:
     check_lyrics_attachment(attachment)
     try:
@@ -114,7 +154,7 @@ async def read_lyrics_attachment(attachment: discord.Attachment, session: aiohtt
             async with session.get(attachment.url) as resp:
                 if resp.status != 200:
                     raise InvalidInput("Discord would not give me the lyrics file; please upload it again.")
-                data = await resp.content.read(LYRICS_FILE_MAX_BYTES + 1)
+                data = await _read_up_to(resp, LYRICS_FILE_MAX_BYTES + 1)
     except (TimeoutError, aiohttp.ClientError):
         raise InvalidInput("I could not read the lyrics file in time; please try again.") from None
     return decode_lyrics_file(data, attachment.filename)
@@ -130,8 +170,9 @@ def member_role_ids(user: discord.User | discord.Member) -> list[int]:
 
 
 def is_manager(interaction: discord.Interaction) -> bool:
+    """Manage Server (or Administrator) in the interaction's server; nobody manages anything in DMs."""
     perms = interaction.permissions
-    return bool(perms.manage_guild or perms.administrator)
+    return interaction.guild_id is not None and bool(perms.manage_guild or perms.administrator)
 
 
 def can_post_later(interaction: discord.Interaction) -> bool:
@@ -176,8 +217,69 @@ def resolve(options: SongOptions, guild: GuildSettings, model: str) -> tuple[Gen
     return validated, want_format, options.private
 
 
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"song:cancel:(?P<job>\d+)"):
-    """Cancel, usable by the requester or a member with Manage Server; the job id survives restarts."""
+ButtonAction = Literal["cancel", "regenerate"]
+
+
+def belongs_here(job: JobRecord, interaction: discord.Interaction) -> bool:
+    """Is the job one this press may see? In a server: a job of that server. In DMs (where a private or a
+    fallback song is delivered): a job of the member whose DMs these are."""
+    if interaction.guild_id is None:
+        return job.user_id == interaction.user.id
+    return job.guild_id == interaction.guild_id
+
+
+def button_refusal(action: ButtonAction, job: JobRecord | None, interaction: discord.Interaction) -> str | None:
+    """Why this press may not act on ``job`` (None: it may). The job id in a custom id is only a claim: a forged or
+    replayed press can name any job, so the job is checked against where and by whom it was pressed."""
+    if job is None or not belongs_here(job, interaction):
+        return SONG_NOT_HERE
+    owner = interaction.user.id == job.user_id
+    if action == "cancel" and not owner and not is_manager(interaction):
+        return CANCEL_NOT_YOURS
+    if action == "regenerate" and not owner and job.options.get("private"):
+        return REGENERATE_PRIVATE
+    return None
+
+
+class _JobButton:
+    """What Cancel and Regenerate share. ``interaction_check`` loads the job and refuses (ephemerally) a press that
+    may not act on it; ``callback`` acts. An error in either reaches the member as an error id, never as
+    "interaction failed" (discord.py only logs what a dynamic item raises)."""
+
+    action: ButtonAction
+    job_id: int
+    job: JobRecord | None = None
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        try:
+            cog = _song_cog(interaction)
+            self.job = await cog.services.store.get_job(self.job_id)
+            refusal = button_refusal(self.action, self.job, interaction)
+            if refusal is None:
+                return True
+            await cog._refuse(interaction, refusal)
+        except Exception as exc:
+            await report_unexpected(interaction, exc)
+        return False
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            cog = _song_cog(interaction)
+            assert self.job is not None  # interaction_check loaded it
+            if self.action == "cancel":
+                await cog.cancel_clicked(interaction, self.job)
+            else:
+                await cog.regenerate_clicked(interaction, self.job)
+        except Exception as exc:
+            await report_unexpected(interaction, exc)
+
+
+class CancelButton(
+    _JobButton, discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"song:cancel:(?P<job>\d+)"
+):
+    """Cancel, usable by the requester or a member with Manage Server in the job's server; survives restarts."""
+
+    action: ButtonAction = "cancel"
 
     def __init__(self, job_id: int) -> None:
         super().__init__(
@@ -187,17 +289,18 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], t
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[discord.ui.View], match: re.Match[str]
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
     ) -> CancelButton:
         return cls(int(match["job"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        cog = _song_cog(interaction)
-        await cog.cancel_clicked(interaction, self.job_id)
 
+class RegenerateButton(
+    _JobButton, discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"song:regen:(?P<job>\d+)"
+):
+    """Make the song again for whoever presses (their quota, their cooldown); a private song only for its owner.
+    Works after a restart."""
 
-class RegenerateButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"song:regen:(?P<job>\d+)"):
-    """Make the same song again; counted against limits like any request. Works after a restart."""
+    action: ButtonAction = "regenerate"
 
     def __init__(self, job_id: int) -> None:
         super().__init__(
@@ -209,13 +312,9 @@ class RegenerateButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[discord.ui.View], match: re.Match[str]
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
     ) -> RegenerateButton:
         return cls(int(match["job"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        cog = _song_cog(interaction)
-        await cog.regenerate_clicked(interaction, self.job_id)
 
 
 def _song_cog(interaction: discord.Interaction) -> SongCog:
@@ -224,18 +323,79 @@ def _song_cog(interaction: discord.Interaction) -> SongCog:
     return cog
 
 
-class SongModal(discord.ui.Modal, title="Make a song"):
-    """For lyrics with [verse]/[chorus] lines, which a slash option cannot hold."""
+# --- the /song form -------------------------------------------------------------------------------------------------
 
-    def __init__(self, cog: SongCog, options: SongOptions) -> None:
-        super().__init__(timeout=900)
-        self.cog = cog
-        self.options = options
+FORM_PREFIX = "song:form:"
+#: The form's text inputs; a submit carrying one of them is the /song form, whatever its custom id.
+PROMPT_INPUT, LYRICS_INPUT = "song:prompt", "song:lyrics"
+_FORM_ID = re.compile(
+    r"song:form:v=(?P<voice>[fm-]):f=(?P<format>mp3|wav|ogg|-):i=(?P<instrumental>[01])"
+    r":w=(?P<watermark>[01-]):p=(?P<private>[01])"
+)
+_VOICES = {"female": "f", "male": "m"}
+
+
+def form_custom_id(options: SongOptions) -> str:
+    """The /song form's custom id: the options chosen on /song, so a submit needs nothing the process kept (it is
+    answered after a restart, or however late). At most 35 characters of Discord's 100. Raises InvalidInput for a
+    voice or format the command does not offer (a forged option), before the form is shown."""
+    if options.voice is not None and options.voice not in _VOICES:
+        raise InvalidInput("Voice must be female or male.")
+    if options.format is not None and options.format not in FORMAT_CHOICES:
+        raise InvalidInput("Format must be mp3, wav or ogg.")
+    voice = _VOICES[options.voice] if options.voice else "-"
+    watermark = "-" if options.watermark is None else str(int(options.watermark))
+    return (
+        f"{FORM_PREFIX}v={voice}:f={options.format or '-'}:i={int(options.instrumental)}"
+        f":w={watermark}:p={int(options.private)}"
+    )
+
+
+def options_from_form_id(custom_id: str) -> SongOptions | None:
+    """The options a form's custom id carries; None for an id this version did not make."""
+    match = _FORM_ID.fullmatch(custom_id)
+    if match is None:
+        return None
+    voices = {short: name for name, short in _VOICES.items()}
+    return SongOptions(
+        voice=voices.get(match["voice"]),
+        format=None if match["format"] == "-" else match["format"],
+        instrumental=match["instrumental"] == "1",
+        watermark=None if match["watermark"] == "-" else match["watermark"] == "1",
+        private=match["private"] == "1",
+    )
+
+
+def submitted_values(components: list[Any]) -> dict[str, str]:
+    """{text input custom id: value} from a modal submit's components, in either form Discord sends (a Label's
+    ``component``, or an action row's ``components``)."""
+    values: dict[str, str] = {}
+    for component in components:
+        if not isinstance(component, dict):
+            continue
+        if "custom_id" in component and "value" in component:
+            values[str(component["custom_id"])] = str(component["value"] or "")
+        nested = list(component.get("components") or [])
+        if isinstance(component.get("component"), dict):
+            nested.append(component["component"])
+        values.update(submitted_values(nested))
+    return values
+
+
+class SongModal(discord.ui.Modal, title="Make a song"):
+    """The /song form, for lyrics with [verse]/[chorus] lines, which a slash option cannot hold.
+
+    Only its shape: its custom id carries the options chosen on /song, and it is stopped before it is sent, so
+    discord.py never holds it and no timeout can drop it. Every submit, after a restart or hours late, is answered
+    by ``SongCog.on_interaction`` from the submitted data alone."""
+
+    def __init__(self, options: SongOptions) -> None:
+        super().__init__(timeout=None, custom_id=form_custom_id(options))
         self.prompt_input: discord.ui.TextInput[SongModal] = discord.ui.TextInput(
-            style=discord.TextStyle.short, required=False, max_length=PROMPT_OPTION_MAX, custom_id="song:prompt"
+            style=discord.TextStyle.short, required=False, max_length=PROMPT_OPTION_MAX, custom_id=PROMPT_INPUT
         )
         self.lyrics_input: discord.ui.TextInput[SongModal] = discord.ui.TextInput(
-            style=discord.TextStyle.paragraph, required=False, max_length=4000, custom_id="song:lyrics"
+            style=discord.TextStyle.paragraph, required=False, max_length=4000, custom_id=LYRICS_INPUT
         )
         self.add_item(
             discord.ui.Label(
@@ -249,19 +409,7 @@ class SongModal(discord.ui.Modal, title="Make a song"):
                 text="Lyrics", description="Optional. Use [verse], [chorus] lines.", component=self.lyrics_input
             )
         )
-
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        prompt = self.prompt_input.value.strip() or None
-        lyrics = self.lyrics_input.value.strip() or None
-        if not prompt and not lyrics:
-            await interaction.response.send_message(
-                "Fill in a style prompt or lyrics (or both).", ephemeral=True, allowed_mentions=NO_PINGS
-            )
-            return
-        await self.cog.start_song(interaction, replace(self.options, prompt=prompt, lyrics=lyrics))
-
-    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
-        await self.cog.report_unexpected(interaction, error)
+        self.stop()  # a finished modal is not stored by send_modal: the submit goes to the listener only
 
 
 class Responder:
@@ -387,7 +535,12 @@ class SongCog(commands.Cog):
             )
             return
         if not (prompt and prompt.strip()) and lyrics_file is None:
-            await interaction.response.send_modal(SongModal(self, options))
+            try:
+                modal = SongModal(options)
+            except InvalidInput as exc:
+                await self._refuse(interaction, exc.user_message)
+                return
+            await interaction.response.send_modal(modal)
             return
         responder = self.responder(interaction, options)
         try:
@@ -525,25 +678,50 @@ class SongCog(commands.Cog):
         else:
             await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_PINGS)
 
-    # --- buttons -------------------------------------------------------------------------------------------------
-    async def cancel_clicked(self, interaction: discord.Interaction, job_id: int) -> None:
-        job = await self.services.store.get_job(job_id)
-        if job is None:
-            await self._refuse(interaction, "This song is no longer known to the bot.")
+    # --- the form -----------------------------------------------------------------------------------------------
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """Every /song form submit, from its data alone (see SongModal): nothing in memory, so none goes unanswered."""
+        if interaction.type is not discord.InteractionType.modal_submit:
             return
-        if interaction.user.id != job.user_id and not is_manager(interaction):
-            await self._refuse(interaction, "Only the member who asked for this song, or a moderator, can cancel it.")
+        data: dict[str, Any] = dict(interaction.data or {})  # type: ignore[arg-type]
+        custom_id = str(data.get("custom_id", ""))
+        values = submitted_values(list(data.get("components") or []))
+        if not custom_id.startswith(FORM_PREFIX) and not {PROMPT_INPUT, LYRICS_INPUT} & values.keys():
+            return  # not the /song form
+        try:
+            await self.form_submitted(interaction, custom_id, values)
+        except Exception as exc:
+            await report_unexpected(interaction, exc)
+
+    async def form_submitted(self, interaction: discord.Interaction, custom_id: str, values: dict[str, str]) -> None:
+        options = options_from_form_id(custom_id)
+        if options is None:
+            await self._refuse(interaction, FORM_OUTDATED)
             return
-        if not self.services.jobs.cancel(job_id, interaction.user.id):
-            await self._refuse(interaction, "This song can't be cancelled any more: it is already finishing.")
+        prompt = values.get(PROMPT_INPUT, "").strip() or None
+        lyrics = values.get(LYRICS_INPUT, "").strip() or None
+        if not prompt and not lyrics:
+            await self._refuse(interaction, FORM_EMPTY)
+            return
+        await self.start_song(interaction, replace(options, prompt=prompt, lyrics=lyrics))
+
+    # --- buttons (checked in _JobButton.interaction_check first) -------------------------------------------------
+    async def cancel_clicked(self, interaction: discord.Interaction, job: JobRecord) -> None:
+        if job.status.terminal:
+            await self._refuse(interaction, ended_text(job))
+            return
+        if not self.services.jobs.cancel(job.id, interaction.user.id):
+            now = await self.services.store.get_job(job.id)  # it may have ended since the check
+            await self._refuse(interaction, ended_text(now) if now and now.status.terminal else CANCEL_TOO_LATE)
             return
         await interaction.response.defer()
 
-    async def regenerate_clicked(self, interaction: discord.Interaction, job_id: int) -> None:
-        job = await self.services.store.get_job(job_id)
-        if job is None or not (job.prompt or job.lyrics):
-            await self._refuse(interaction, "This song's request was deleted, so it can't be made again.")
+    async def regenerate_clicked(self, interaction: discord.Interaction, job: JobRecord) -> None:
+        if not (job.prompt or job.lyrics):
+            await self._refuse(interaction, REGENERATE_DELETED)
             return
+        # the presser's song: their quota, cooldown and share; private only if the owner made it private
         options = replace(SongOptions.from_json(dict(job.options)), prompt=job.prompt, lyrics=job.lyrics)
         await self.start_song(interaction, options)
 
@@ -552,19 +730,37 @@ class SongCog(commands.Cog):
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
         original = getattr(error, "original", error)
-        await self.report_unexpected(interaction, original)
+        await report_unexpected(interaction, original)
 
-    async def report_unexpected(self, interaction: discord.Interaction, error: BaseException) -> None:
-        wrapped = error if isinstance(error, SongbotError) else SongbotError("unexpected")
-        log.error("unexpected error in /song [error %s]", wrapped.error_id, exc_info=error)
-        text = failure_text(wrapped)
-        try:
-            if interaction.response.is_done():
-                await interaction.edit_original_response(content=text, embed=None, attachments=[], view=None)
-            else:
-                await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_PINGS)
-        except discord.HTTPException:
-            log.warning("could not report error %s to the member", wrapped.error_id)
+
+def ended_text(job: JobRecord) -> str:
+    return song_ended_text(str(job.status), jump_url=job.jump_url(), error_id=job.error_id)
+
+
+async def report_unexpected(interaction: discord.Interaction, error: BaseException) -> None:
+    """An error no handler expected, in /song, its form or its buttons: logged with an error id, and the member
+    told in words with the same id (never "interaction failed")."""
+    wrapped = error if isinstance(error, SongbotError) else SongbotError("unexpected")
+    log.error(
+        "unexpected error in /song [error %s]", wrapped.error_id, exc_info=error, extra={"error_id": wrapped.error_id}
+    )
+    text = failure_text(wrapped)
+    response = interaction.response
+    try:
+        if not response.is_done():
+            await response.send_message(text, ephemeral=True, allowed_mentions=NO_PINGS)
+        elif response.type in (
+            discord.InteractionResponseType.deferred_message_update,
+            discord.InteractionResponseType.message_update,
+        ):
+            # a button press acknowledged in place: its original is the song's message, which must stay
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
+        else:
+            await interaction.edit_original_response(
+                content=text, embed=None, attachments=[], view=None, allowed_mentions=NO_PINGS
+            )
+    except discord.HTTPException:
+        log.warning("could not report error %s to the member", wrapped.error_id)
 
 
 async def setup(bot: SongBot) -> None:

@@ -208,7 +208,7 @@ def _setup_logging(settings: Settings) -> None:
     from services.logs import setup_logging
 
     level = settings.log_level if settings.log_level == "DEBUG" else "WARNING"
-    setup_logging(level, settings.secrets())
+    setup_logging(level, settings.secrets(), log_format=settings.log_format)
 
 
 def run_generate(argv: list[str], *, stderr: TextIO | None = None) -> int:

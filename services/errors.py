@@ -45,6 +45,19 @@ class CannotFit(SongbotError):
     user_message = "The song is too large to upload here."
 
 
+class SongTooLong(SongbotError):
+    """The finished song is longer than the operator's cap (``SONGBOT_MAX_SONG_SECONDS``): it is not processed,
+    since processing decodes the whole song into memory. Carries both lengths for the member's sentence."""
+
+    user_message = "The finished song is too long for this bot to process."
+
+    def __init__(self, message: str, *, duration_s: float, limit_s: float, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.duration_s = duration_s
+        self.limit_s = limit_s
+        self.request_id = request_id
+
+
 class PolicyRefusal(SongbotError):
     """A moderator's or the operator's rule refused the request (before any cost)."""
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 from services.errors import InvalidInput
+from services.text import listing, plural, plural_of, shown
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,8 @@ Kind = Literal["bool", "int", "choice", "ids"]
 
 #: The most channels (or roles) a server can list; a longer list is a mistake, not a policy.
 MAX_IDS = 100
+#: How many mentions a setting's value shows before "and 55 more": a value's text stays short however long the list.
+SHOWN_IDS = 5
 #: Discord ids are positive 64-bit integers.
 _MAX_SNOWFLAKE = 2**63 - 1
 
@@ -37,7 +40,7 @@ class SettingSpec:
     description: str
     low: int = 0
     high: int = 0
-    unit: str = ""
+    unit: str = ""  # singular ("second"); the plural comes from services.text
     choices: tuple[str, ...] = ()
 
     @property
@@ -46,36 +49,49 @@ class SettingSpec:
         if self.kind == "bool":
             return "true or false"
         if self.kind == "int":
-            return f"{self.low}–{self.high}{' ' + self.unit if self.unit else ''}"
+            return f"{self.low}–{self.high}{' ' + plural_of(self.unit) if self.unit else ''}"
         if self.kind == "choice":
             return ", ".join(self.choices)
-        return f"up to {MAX_IDS} {self.unit}; empty means all"
+        return f"up to {plural(MAX_IDS, self.unit)}; empty means all"
+
+    def amount(self, number: int) -> str:
+        """``1 second``, ``60 seconds``: a number in this setting's unit."""
+        return plural(number, self.unit) if self.unit else str(number)
+
+    def mentions(self, ids: Iterable[int]) -> list[str]:
+        mark = "#" if self.name == "channels" else "@&"
+        return [f"<{mark}{i}>" for i in ids]
 
     def format(self, value: object) -> str:
-        """A value as a moderator reads it (``true``, ``60 seconds``, ``mp3``, ``<#1>, <#2>`` / ``all``)."""
+        """A value as a moderator reads it (``true``, ``60 seconds``, ``mp3``, ``<#1>, <#2>`` / ``all``).
+
+        A list is summarised past :data:`SHOWN_IDS` entries (``60 channels: <#1>, … and 55 more``), so the text
+        is short whatever the value."""
         if self.kind == "bool":
             return "true" if value else "false"
         if self.kind == "int":
-            return f"{value}{' ' + self.unit if self.unit else ''}"
+            assert isinstance(value, int)
+            return self.amount(value)
         if self.kind == "choice":
             return str(value)
         assert isinstance(value, tuple)
         if not value:
             return "all"
-        mark = "#" if self.name == "channels" else "@&"
-        return ", ".join(f"<{mark}{i}>" for i in value)
+        if len(value) <= SHOWN_IDS:
+            return ", ".join(self.mentions(value))
+        return f"{plural(len(value), self.unit)}: {listing(self.mentions(value), SHOWN_IDS)}"
 
 
 SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("enabled", "bool", True, "Whether members can make songs in this server at all."),
-    SettingSpec("cooldown", "int", 60, "Seconds a member waits between songs.", 0, 86400, "seconds"),
-    SettingSpec("member_daily_songs", "int", 5, "Songs each member can make per UTC day.", 0, 1000, "songs"),
-    SettingSpec("server_daily_songs", "int", 50, "Songs the whole server can make per UTC day.", 0, 100000, "songs"),
+    SettingSpec("cooldown", "int", 60, "Seconds a member waits between songs.", 0, 86400, "second"),
+    SettingSpec("member_daily_songs", "int", 5, "Songs each member can make per UTC day.", 0, 1000, "song"),
+    SettingSpec("server_daily_songs", "int", 50, "Songs the whole server can make per UTC day.", 0, 100000, "song"),
     SettingSpec(
-        "server_daily_minutes", "int", 120, "Minutes of music the server can make per UTC day.", 0, 100000, "minutes"
+        "server_daily_minutes", "int", 120, "Minutes of music the server can make per UTC day.", 0, 100000, "minute"
     ),
-    SettingSpec("max_concurrent", "int", 2, "Songs this server can have generating at once.", 1, 20, "songs"),
-    SettingSpec("max_queued", "int", 25, "Songs this server can have waiting in the queue at once.", 1, 1000, "songs"),
+    SettingSpec("max_concurrent", "int", 2, "Songs this server can have generating at once.", 1, 20, "song"),
+    SettingSpec("max_queued", "int", 25, "Songs this server can have waiting in the queue at once.", 1, 1000, "song"),
     SettingSpec(
         "default_voice", "choice", "female", "Voice used when a member doesn't pick one.", choices=("female", "male")
     ),
@@ -94,13 +110,13 @@ SETTINGS: tuple[SettingSpec, ...] = (
         choices=("always", "never", "member"),
     ),
     SettingSpec("private_allowed", "bool", True, "Whether members may ask for their song privately (by DM)."),
-    SettingSpec("channels", "ids", (), "Channels where /song works; empty means every channel.", unit="channels"),
+    SettingSpec("channels", "ids", (), "Channels where /song works; empty means every channel.", unit="channel"),
     SettingSpec(
         "roles",
         "ids",
         (),
         "Roles allowed to use /song; empty means everyone (members with Manage Server are always allowed).",
-        unit="roles",
+        unit="role",
     ),
 )
 
@@ -175,28 +191,30 @@ def _bool(s: SettingSpec, value: object) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
         return value.strip().lower() in _TRUE
-    raise InvalidInput(f"{s.name} must be true or false; got {value!r}.")
+    raise InvalidInput(f"{s.name} must be true or false; got {shown(value)}.")
 
 
 def _int(s: SettingSpec, value: object) -> int:
     number: int
     if isinstance(value, bool):
-        raise InvalidInput(f"{s.name} must be a whole number between {s.low} and {s.high} {s.unit}; got {value!r}.")
+        raise InvalidInput(f"{s.name} must be a whole number between {s.low} and {s.amount(s.high)}; got {value!r}.")
     if isinstance(value, int):
         number = value
     elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
         number = int(value.strip())
     else:
-        raise InvalidInput(f"{s.name} must be a whole number between {s.low} and {s.high} {s.unit}; got {value!r}.")
+        raise InvalidInput(
+            f"{s.name} must be a whole number between {s.low} and {s.amount(s.high)}; got {shown(value)}."
+        )
     if not s.low <= number <= s.high:
-        raise InvalidInput(f"{s.name} must be between {s.low} and {s.high} {s.unit}; got {number}.")
+        raise InvalidInput(f"{s.name} must be between {s.low} and {s.amount(s.high)}; got {shown(number)}.")
     return number
 
 
 def _choice(s: SettingSpec, value: object) -> str:
     text = value.strip().lower() if isinstance(value, str) else value
     if text not in s.choices:
-        raise InvalidInput(f"{s.name} must be one of {', '.join(s.choices)}; got {value!r}.")
+        raise InvalidInput(f"{s.name} must be one of {', '.join(s.choices)}; got {shown(value)}.")
     assert isinstance(text, str)
     return text
 
@@ -205,16 +223,16 @@ def _id(s: SettingSpec, value: object) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_SNOWFLAKE:
-        raise InvalidInput(f"{s.name} must list Discord ids (positive whole numbers); got {value!r}.")
+        raise InvalidInput(f"{s.name} must list Discord ids (positive whole numbers); got {shown(value)}.")
     return value
 
 
 def _ids(s: SettingSpec, value: object) -> tuple[int, ...]:
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise InvalidInput(f"{s.name} must be a list of Discord ids; got {value!r}.")
+        raise InvalidInput(f"{s.name} must be a list of Discord ids; got {shown(value)}.")
     unique = tuple(dict.fromkeys(_id(s, item) for item in value))
     if len(unique) > MAX_IDS:
-        raise InvalidInput(f"{s.name} can list at most {MAX_IDS} {s.unit}; got {len(unique)}.")
+        raise InvalidInput(f"{s.name} can list at most {plural(MAX_IDS, s.unit)}; got {len(unique)}.")
     return unique
 
 

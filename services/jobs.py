@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from services.audio import FitResult, Tags, fit, waveform_png
 from services.errors import CannotFit, ServiceError, SongbotError
 from services.funmusic.request import GenerationRequest, GenerationResult, Progress, ProgressCallback
+from services.logs import bind_log_context, log_context
 from services.store.records import JobStateError
 
 log = logging.getLogger(__name__)
@@ -267,7 +268,8 @@ class JobManager:
         entry = _Entry(spec=spec, observer=observer)
         self._entries[spec.job_id] = entry
         self._waiting.append(entry)
-        entry.task = asyncio.create_task(self._run(entry), name=f"song-job-{spec.job_id}")
+        with log_context(job_id=spec.job_id, guild_id=spec.guild_id):  # the task copies the context: every line it logs
+            entry.task = asyncio.create_task(self._run(entry), name=f"song-job-{spec.job_id}")
         self._pump()
         return entry.task
 
@@ -367,13 +369,21 @@ class JobManager:
             if entry.delivered:  # the member has the song: never refund it or edit their message into a failure
                 wrapped = exc if isinstance(exc, SongbotError) else SongbotError(f"unexpected {type(exc).__name__}")
                 log.exception(
-                    "job %s: error after delivery [error %s]; the delivery stands", entry.spec.job_id, wrapped.error_id
+                    "job %s: error after delivery [error %s]; the delivery stands",
+                    entry.spec.job_id,
+                    wrapped.error_id,
+                    extra={"error_id": wrapped.error_id},
                 )
             elif isinstance(exc, SongbotError):
                 await self._on_failed(entry, exc)
             else:  # a bug: log it whole, tell the member in plain words
                 wrapped = SongbotError(f"unexpected {type(exc).__name__}")
-                log.exception("job %s failed unexpectedly [error %s]", entry.spec.job_id, wrapped.error_id)
+                log.exception(
+                    "job %s failed unexpectedly [error %s]",
+                    entry.spec.job_id,
+                    wrapped.error_id,
+                    extra={"error_id": wrapped.error_id},
+                )
                 await self._on_failed(entry, wrapped, logged=True)
         finally:
             self._release(entry)
@@ -396,6 +406,7 @@ class JobManager:
 
         result = await self._generator.generate(spec.request, out_dir=job_dir, on_progress=on_progress)
         entry.result = result
+        bind_log_context(request_id=result.request_id)
         await self._set_stage(
             entry,
             "processing",
@@ -451,6 +462,7 @@ class JobManager:
                     type(exc).__name__,
                     exc,
                     "" if final else f"; trying again in {delay:g} s",
+                    extra={"error_id": error.error_id},
                 )
                 if final:
                     return False
@@ -474,7 +486,11 @@ class JobManager:
         code = exc.code if isinstance(exc, ServiceError) and exc.code else type(exc).__name__
         if not logged:
             request_id = exc.request_id if isinstance(exc, ServiceError) else None
-            log.warning("job %s failed [error %s]: %s (request %s)", entry.spec.job_id, exc.error_id, exc, request_id)
+            log.warning(
+                "job %s failed [error %s]: %s (request %s)",
+                *(entry.spec.job_id, exc.error_id, exc, request_id),
+                extra={"error_id": exc.error_id, "request_id": request_id},
+            )
         await self._finish(entry, "failed", error_code=code, error_id=exc.error_id)
         await _quietly(entry.observer.failed(exc))
 

@@ -46,6 +46,7 @@ from services.clock import Clock, utc_day
 from services.errors import PolicyRefusal
 from services.guild_settings import DEFAULTS, GuildSettings
 from services.store import DM_GUILD, MemberTotals, Store, Tx
+from services.text import listing, plural
 
 #: How many channel or role mentions a refusal lists before "and N more".
 _MENTION_LIMIT = 5
@@ -138,17 +139,14 @@ def _relative(moment: datetime) -> str:
 
 
 def _mentions(ids: Sequence[int], mark: str) -> str:
-    shown = ", ".join(f"<{mark}{i}>" for i in ids[:_MENTION_LIMIT])
-    more = len(ids) - _MENTION_LIMIT
-    return f"{shown} and {more} more" if more > 0 else shown
+    return listing([f"<{mark}{i}>" for i in ids], _MENTION_LIMIT)
 
 
 def _minutes(seconds: int) -> str:
     """``45 seconds``, ``1 minute``, ``2.5 minutes``."""
     if seconds < 60:
-        return f"{seconds} second{'' if seconds == 1 else 's'}"
-    text = f"{seconds / 60:.1f}".rstrip("0").rstrip(".")
-    return f"{text} minute{'' if text == '1' else 's'}"
+        return plural(seconds, "second")
+    return plural(seconds / 60, "minute")
 
 
 class Policy:
@@ -255,7 +253,7 @@ class Policy:
             where = "in this server" if ctx.guild_id is not None else "in direct messages"
             raise PolicyRefusal(
                 RefusalReason.MEMBER_QUOTA,
-                f"You've reached your daily limit of {settings.member_daily_songs} songs {where}; "
+                f"You've reached your daily limit of {plural(settings.member_daily_songs, 'song')} {where}; "
                 f"it resets {_relative(resets)}.",
                 retry_at=retry_at,
             )
@@ -264,7 +262,7 @@ class Policy:
             if server.songs + 1 > settings.server_daily_songs:
                 raise PolicyRefusal(
                     RefusalReason.SERVER_SONGS,
-                    f"This server has reached its daily limit of {settings.server_daily_songs} songs; "
+                    f"This server has reached its daily limit of {plural(settings.server_daily_songs, 'song')}; "
                     f"it resets {_relative(resets)}.",
                     retry_at=retry_at,
                 )
@@ -272,11 +270,12 @@ class Policy:
             if server.seconds + seconds > limit:
                 left = max(0, limit - server.seconds)
                 message = (
-                    f"This server has used its {settings.server_daily_minutes} minutes of music for today; "
+                    f"This server has used its {plural(settings.server_daily_minutes, 'minute')} of music for today; "
                     f"it resets {_relative(resets)}."
                     if left == 0
-                    else f"This server has only {_minutes(left)} of its daily {settings.server_daily_minutes} "
-                    f"minutes of music left, not enough for this song (about {_minutes(seconds)}); "
+                    else f"This server has only {_minutes(left)} of its daily "
+                    f"{plural(settings.server_daily_minutes, 'minute')} of music left, not enough for this song "
+                    f"(about {_minutes(seconds)}); "
                     f"it resets {_relative(resets)}."
                 )
                 raise PolicyRefusal(RefusalReason.SERVER_MINUTES, message, retry_at=retry_at)

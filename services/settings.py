@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from services.errors import ConfigError
 from services.funmusic.request import MODELS
+from services.logs import LOG_FORMATS, LogFormat
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -53,6 +54,7 @@ class Settings:
     fun_music_model: str = "fun-music-v1"
     simulate: bool = False
     log_level: str = "INFO"
+    log_format: LogFormat = "plain"
     dev_guild_id: int | None = None
     discord_api_base: str | None = None
     discord_gateway_url: str | None = None
@@ -68,8 +70,10 @@ class Settings:
     idle_timeout_s: float = 60.0
     total_deadline_s: float = 600.0
     download_max_bytes: int = 200 * 1024 * 1024
+    max_song_seconds: int = 900
     requests_per_minute: int = 180
     data_dir: Path = field(default_factory=lambda: Path("data"))
+    retention_days: int = 90
 
     @property
     def simulated(self) -> bool:
@@ -128,6 +132,15 @@ def _url(env: Mapping[str, str], name: str, default: str | None, schemes: tuple[
     return raw.rstrip("/")
 
 
+def _log_format(env: Mapping[str, str]) -> LogFormat:
+    raw = env.get("LOG_FORMAT", "").strip().lower() or "plain"
+    if raw == "json":
+        return "json"
+    if raw == "plain":
+        return "plain"
+    raise ConfigError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}; got {raw!r}.")
+
+
 def _int_required(value: int | None) -> int:
     assert value is not None
     return value
@@ -148,6 +161,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
     level = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
     if level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}; got {level!r}.")
+    log_format = _log_format(env)
     guild = _int(env, "DEV_GUILD_ID", None, 1, 2**63 - 1)
     database_url = env.get("DATABASE_URL", "").strip() or "sqlite+aiosqlite:///data/songbot.db"
     if not database_url.startswith(("sqlite", "postgresql")):
@@ -162,6 +176,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
         fun_music_model=model,
         simulate=_bool(env, "SONGBOT_SIMULATE", False),
         log_level=level,
+        log_format=log_format,
         dev_guild_id=guild,
         discord_api_base=_url(env, "DISCORD_API_BASE", None, ("http", "https")),
         discord_gateway_url=_url(env, "DISCORD_GATEWAY_URL", None, ("ws", "wss")),
@@ -177,6 +192,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
         idle_timeout_s=_float(env, "SONGBOT_IDLE_TIMEOUT", 60.0, 0.1, 3600.0),
         total_deadline_s=_float(env, "SONGBOT_TOTAL_DEADLINE", 600.0, 1.0, 7200.0),
         download_max_bytes=_int_required(_int(env, "SONGBOT_DOWNLOAD_MAX_BYTES", 200 * 1024 * 1024, 1024, 2 * 1024**3)),
+        max_song_seconds=_int_required(_int(env, "SONGBOT_MAX_SONG_SECONDS", 900, 1, 24 * 3600)),
         requests_per_minute=_int_required(_int(env, "SONGBOT_REQUESTS_PER_MINUTE", 180, 1, 10_000)),
         data_dir=Path(env.get("SONGBOT_DATA_DIR", "").strip() or "data"),
+        retention_days=_int_required(_int(env, "SONGBOT_RETENTION_DAYS", 90, 0, 36500)),
     )

@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
 GENERATION_PATH = f"{API_PREFIX}/services/audio/music/generation"
 HUGE_LINE_BYTES = 620_000
+#: how much of an endless line (Scenario.endless_line) is sent at most before the stream stalls
+ENDLESS_LINE_BYTES = 96 * 1024 * 1024
+_EXPIRES_MARK = "\x00expires_at\x00"
+_BILLED_MARK = "\x00billed\x00"
 WATERMARK_SECONDS = 1.0
 URL_LIFETIME_S = 24 * 3600
 
@@ -79,6 +83,12 @@ class Scenario:
     omit_url: bool = False
     no_stop: bool = False  # end the stream cleanly after the last audio event, without the final event
     invalid_base64_at_chunk: int | None = None
+    base64_mid_quantum: bool = False  # cut the song's base64 so that every event's length is not a multiple of 4
+    endless_line: bool = False  # after the first event, a data line that never ends (capped at ENDLESS_LINE_BYTES)
+    request_id: str | None = None  # the request id every body carries (e.g. one longer than a database column)
+    error_code: str | None = None  # the code pre_error / mid_error send instead of their own
+    expires_at_raw: str | None = None  # raw JSON for every audio.expires_at, e.g. "1774937185000", "1e999"
+    billed_raw: str | None = None  # raw JSON for usage.duration, e.g. "Infinity"
     malformed_line_at_chunk: int | None = None  # a data line that is not JSON
     json_response_to_sse: bool = False
     download_status: int = 200
@@ -180,6 +190,7 @@ class FunMusicSimulator:
         self.scenario = scenario or Scenario()
         self.requests: list[dict[str, Any]] = []
         self.downloads: list[str] = []
+        self.endless_line_sent = 0  # bytes of the last endless line written to the socket (Scenario.endless_line)
         self._songs: OrderedDict[str, _Song] = OrderedDict()
         self._pre_errors_sent = 0
         self._pre_errors_for: Scenario | None = None
@@ -231,6 +242,7 @@ class FunMusicSimulator:
 
     def _error_json(self, name: str, request_id: str) -> tuple[int, str]:
         status, code, message = ERRORS[name]
+        code = self.scenario.error_code or code
         return status, json.dumps({"request_id": request_id, "code": code, "message": message})
 
     def _json_error(self, status: int, code: str, message: str, request_id: str) -> web.Response:
@@ -250,7 +262,7 @@ class FunMusicSimulator:
         return name
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
-        request_id = str(uuid.uuid4())
+        request_id = self.scenario.request_id or str(uuid.uuid4())
         sse = request.headers.get("X-DashScope-SSE", "").strip().lower() == "enable"
         raw = await request.read()
         try:
@@ -274,7 +286,7 @@ class FunMusicSimulator:
         )
         if sse and not self.scenario.json_response_to_sse:
             return await self._stream(request, song)
-        return web.Response(text=json.dumps(self._final_body(song)), content_type="application/json")
+        return web.Response(text=self._dumps(self._final_body(song)), content_type="application/json")
 
     async def _pre_error(self, request: web.Request, name: str, request_id: str, sse: bool) -> web.StreamResponse:
         status, body = self._error_json(name, request_id)
@@ -316,7 +328,7 @@ class FunMusicSimulator:
     def _final_body(self, song: _Song) -> dict[str, Any]:
         """The non-streaming body, which is also the final stream event."""
         scenario = self.scenario
-        audio: dict[str, Any] = {"data": "", "expires_at": song.expires_at, "id": f"audio_{song.request_id}"}
+        audio: dict[str, Any] = {"data": "", "expires_at": self._expires_at(song), "id": f"audio_{song.request_id}"}
         if not scenario.omit_url:
             audio["url"] = song.url
         extra: dict[str, Any] = {
@@ -327,9 +339,22 @@ class FunMusicSimulator:
             extra["lyrics"] = song.lyrics
         return {
             "output": {"audio": audio, "extra_info": extra, "finish_reason": "stop"},
-            "usage": {"duration": round(song.duration_s)},
+            "usage": {"duration": _BILLED_MARK if scenario.billed_raw is not None else round(song.duration_s)},
             "request_id": song.request_id,
         }
+
+    def _expires_at(self, song: _Song) -> int | str:
+        return _EXPIRES_MARK if self.scenario.expires_at_raw is not None else song.expires_at
+
+    def _dumps(self, body: dict[str, Any]) -> str:
+        """A body as JSON, with the scenario's raw values (which no Python value serialises to) in place."""
+        text = json.dumps(body, separators=(",", ":"))
+        scenario = self.scenario
+        if scenario.expires_at_raw is not None:
+            text = text.replace(json.dumps(_EXPIRES_MARK), scenario.expires_at_raw)
+        if scenario.billed_raw is not None:
+            text = text.replace(json.dumps(_BILLED_MARK), scenario.billed_raw)
+        return text
 
     # ------------------------------------------------------------------------------------------- streaming
 
@@ -347,16 +372,31 @@ class FunMusicSimulator:
         chunks += [audio[i : i + size] for i in range(first, len(audio), size)]
         return [c for c in chunks if c]
 
-    def _audio_event(self, index: int, chunk: bytes, song: _Song) -> str:
+    def _payloads(self, chunks: list[bytes]) -> list[str]:
+        """Each event's base64: each chunk encoded on its own, or (``base64_mid_quantum``) the whole song's
+        base64 cut 1 to 3 characters past a quantum, so no event's length is a multiple of 4 but the last's may."""
+        if not self.scenario.base64_mid_quantum:
+            return [base64.b64encode(chunk).decode("ascii") for chunk in chunks]
+        whole = base64.b64encode(b"".join(chunks)).decode("ascii")
+        size = max(4, len(whole) // max(1, len(chunks)) // 4 * 4)
+        payloads: list[str] = []
+        pos = 0
+        while pos < len(whole):
+            cut = size + 1 + len(payloads) % 3
+            payloads.append(whole[pos : pos + cut])
+            pos += cut
+        return payloads
+
+    def _audio_event(self, index: int, data: str, song: _Song) -> str:
         scenario = self.scenario
         if scenario.malformed_line_at_chunk == index:
             return '{"output": {"audio": {"data": "truncated'
-        data = base64.b64encode(chunk).decode("ascii")
         if scenario.invalid_base64_at_chunk == index:
             data = data[: len(data) // 2] + "*" + data[len(data) // 2 + 1 :]
+        expires_at = scenario.expires_at_raw if scenario.expires_at_raw is not None else song.expires_at
         line = (
-            f'{{"output":{{"audio":{{"data":"{data}","expires_at":{song.expires_at},'
-            f'"id":"audio_{song.request_id}"}},"finish_reason":"null"}},"request_id":"{song.request_id}"}}'
+            f'{{"output":{{"audio":{{"data":"{data}","expires_at":{expires_at},'
+            f'"id":"audio_{song.request_id}"}},"finish_reason":"null"}},"request_id":{json.dumps(song.request_id)}}}'
         )
         if scenario.huge_line and index == 0 and len(line) < HUGE_LINE_BYTES:
             line = line[:-1] + " " * (HUGE_LINE_BYTES - len(line)) + "}"  # JSON whitespace: still one valid line
@@ -375,10 +415,13 @@ class FunMusicSimulator:
     async def _stream_events(self, request: web.Request, resp: web.StreamResponse, song: _Song) -> web.StreamResponse:
         scenario = self.scenario
         audio = streamed_wav(song.audio) if song.fmt == "wav" else song.audio
-        chunks = self._chunks(audio)
+        chunks = self._payloads(self._chunks(audio))
         out = _Coalescer(resp, paced=scenario.chunk_delay_s > 0)
         event_id = 0
         for index in range(len(chunks) + 1):
+            if scenario.endless_line and index == 1:
+                await out.flush()
+                return await self._endless_line(resp)
             if scenario.drop_after_chunks == index:
                 await out.flush()
                 return self._drop(request, resp)
@@ -398,10 +441,22 @@ class FunMusicSimulator:
             if scenario.chunk_delay_s > 0:
                 await asyncio.sleep(scenario.chunk_delay_s)
         if not scenario.no_stop:
-            final = json.dumps(self._final_body(song), separators=(",", ":"))
+            final = self._dumps(self._final_body(song))
             await out.write(self._block(event_id + 1, "result", 200, final))
         await out.flush()
         await resp.write_eof()
+        return resp
+
+    async def _endless_line(self, resp: web.StreamResponse) -> web.StreamResponse:
+        """A ``data:`` line that never ends: up to ENDLESS_LINE_BYTES of it, then nothing more for ``stall_s``
+        (what a broken proxy or a hostile server could send). ``endless_line_sent`` counts what got out."""
+        piece = b"A" * 65536
+        await resp.write(b"id:2\nevent:result\ndata:")
+        self.endless_line_sent = 0
+        while self.endless_line_sent < ENDLESS_LINE_BYTES:
+            await resp.write(piece)
+            self.endless_line_sent += len(piece)
+        await asyncio.sleep(self.scenario.stall_s)
         return resp
 
     def _drop(self, request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:

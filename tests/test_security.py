@@ -12,23 +12,25 @@ stops``, ``test_allowed_download_hosts``); this file adds only the tricks those 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from blockbuster import BlockingError
 
 from cogs._delivery import DiscordJobObserver
-from cogs.song import MAX_JOBS_PER_MEMBER
-from services.errors import DownloadError
+from cogs.song import MAX_JOBS_PER_MEMBER, decode_lyrics_file
+from services.errors import DownloadError, InvalidInput
 from services.funmusic.client import FunMusicClient
 from services.funmusic.request import GenerationRequest
 from services.guild_settings import DEFAULTS
@@ -604,3 +606,103 @@ async def test_the_loop_watchdog_names_cpu_work_on_the_loop(tmp_path: Path, monk
             final = await h.wait_final(await h.song({"prompt": PROMPT}))
     assert final.attachments  # blockbuster saw nothing: the song went out
     assert findings.items and all("_spin" in item for item in findings.items), findings.items
+
+
+# --- lyrics files that arrive slowly or are built to be slow ------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _trickling_file_server(data: bytes, pieces: int, *, chunked: bool) -> AsyncIterator[str]:
+    """A real HTTP server that sends ``data`` in ``pieces`` writes with a pause after each (several TCP
+    segments, as a busy CDN would), with a Content-Length or chunked; yields the file's url."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        if chunked:
+            resp.enable_chunked_encoding()
+        else:
+            resp.content_length = len(data)
+        await resp.prepare(request)
+        size = -(-len(data) // pieces)
+        for start in range(0, len(data), size):
+            await resp.write(data[start : start + size])
+            await asyncio.sleep(0.05)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/lyrics.txt", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = next(addr[1] for addr in runner.addresses if isinstance(addr, tuple))
+    try:
+        yield f"http://127.0.0.1:{port}/lyrics.txt"
+    finally:
+        await runner.cleanup()
+
+
+def _lyrics_file_at(h: Harness, url: str, data: bytes, filename: str = "lyrics.txt") -> dict[str, Any]:
+    upload = h.fake.upload(filename, data)
+    payload = h.fake.slash("song", {"lyrics_file": upload})
+    payload["data"]["resolved"]["attachments"][str(upload.id)]["url"] = url
+    return payload
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_lyrics_file_sent_in_several_writes_is_read_whole(tmp_path: Path, chunked: bool) -> None:
+    verse = "[verse]\nThe lamp is lit above the bay\nThe keeper counts the ships away\n\n"
+    lyrics = (verse * 30)[:1900].rstrip()  # about 1,900 characters: the non-streaming mode takes them all
+    data = lyrics.encode()
+    async with running_bot(tmp_path) as h, _trickling_file_server(data, 4, chunked=chunked) as url:
+        payload = _lyrics_file_at(h, url, data)
+        await h.fake.send_interaction(payload)
+        final = await h.wait_final(int(payload["id"]))
+        assert final.attachments, final.content
+        assert h.sim.requests[-1]["body"]["input"]["lyrics"] == lyrics
+
+
+async def test_a_lyrics_file_over_the_cap_sent_in_several_writes_is_refused(tmp_path: Path) -> None:
+    data = b"la la la la\n" * 1500  # 18,000 bytes, while the payload claims 100
+    async with running_bot(tmp_path) as h, _trickling_file_server(data, 5, chunked=True) as url:
+        payload = _lyrics_file_at(h, url, data)
+        payload["data"]["resolved"]["attachments"][next(iter(payload["data"]["resolved"]["attachments"]))]["size"] = 100
+        await h.fake.send_interaction(payload)
+        assert "at most 16 KiB" in await _refusal(h, int(payload["id"]))
+        assert h.sim.requests == []
+
+
+WORST_LRC = pytest.mark.parametrize(
+    "text",
+    [
+        "\n" * 16383 + "[",
+        "[" + "\n" * 16383,
+        "[ar:" + "\n" * 16380,
+        "\n" * 16380 + "[ar:",
+        " \n" * 8191 + "[",
+        "[00:00]" * 2340,
+    ],
+    ids=["newlines-then-bracket", "bracket-then-newlines", "open-tag", "newlines-then-tag", "blank-lines", "stamps"],
+)
+
+
+@WORST_LRC
+async def test_worst_case_lrc_stripping_is_linear(text: str) -> None:
+    """Run on the loop on purpose, as the cog does: the loop watchdog fails the test if it is held."""
+    try:
+        lyrics = decode_lyrics_file(text.encode(), "worst.lrc")
+    except InvalidInput as exc:
+        assert "empty" in str(exc)
+    else:
+        assert lyrics in ("[", "[ar:")
+
+
+@WORST_LRC
+async def test_worst_case_lrc_files_do_not_stall_the_loop(tmp_path: Path, text: str) -> None:
+    """The loop watchdog (tests/watchdog.py) fails this test if stripping the .lrc holds the loop."""
+    async with running_bot(tmp_path) as h:
+        upload = h.fake.upload("worst.lrc", text.encode())
+        payload = h.fake.slash("song", {"prompt": PROMPT, "lyrics_file": upload})
+        await h.fake.send_interaction(payload)
+        await h.fake.wait_for_callback(int(payload["id"]))

@@ -5,11 +5,16 @@ fits the streaming limits and not otherwise, and ends with a file in ``out_dir``
 measure it. What it guards against, with the reasons in ``dashscope-wire.md``:
 
 - aiohttp's line reader dies on long lines, so the body is read with ``iter_any()`` into our own SSE parser;
-- each event's base64 is decoded on its own (strictly): joining padded chunks silently drops data;
+- each event's base64 is decoded on its own (strictly): joining padded chunks silently drops data; an event cut
+  mid-quantum carries its last 1-3 characters into the next one;
+- a line (or an event) larger than ``max_event_bytes`` fails the stream at once, rather than filling memory;
+- bookkeeping fields (``expires_at``, ``usage.duration``, ids) that make no sense are normalised or dropped with a
+  WARNING: they never fail a song that was paid for;
 - a stream that closes without ``finish_reason: "stop"`` is an error, never a short song;
 - a streamed WAV carries placeholder sizes (and maybe repeated headers): dropped and repaired;
 - the audio is proven to decode, and measured, by ffmpeg decoding all of it, never by trusting a header; it is
   fed to ffmpeg through a pipe while it arrives, so when the stream ends only the tail is left to check;
+- a song longer than ``max_song_seconds`` (by that measure) is refused before anything decodes it into memory;
 - errors are classified by ``code`` (see ``errors_map``), never by HTTP 200;
 - retryable failures are retried whole with exponential backoff and full jitter; paid-for-nothing cases
   (auth, moderation, parameters) never are;
@@ -28,6 +33,7 @@ import binascii
 import contextlib
 import json
 import logging
+import math
 import random
 import re
 import struct
@@ -51,12 +57,13 @@ from services.errors import (
     ServiceError,
     ServiceTimeout,
     SongbotError,
+    SongTooLong,
 )
 from services.ffmpeg import AudioInfo, DecodeCheck, FfmpegError, write_all
-from services.funmusic.errors_map import body_from_json, classify, parse_error_body, parse_retry_after
+from services.funmusic.errors_map import body_from_json, clamp_id, classify, parse_error_body, parse_retry_after
 from services.funmusic.limiter import RateLimiter
 from services.funmusic.request import GenerationRequest, GenerationResult, Mode, Progress, ProgressCallback
-from services.funmusic.sse import SSEEvent, SSEParser
+from services.funmusic.sse import EventTooLarge, SSEEvent, SSEParser
 from services.settings import Secret, Settings
 from services.wav import find_data_chunk, repair_wav_file
 
@@ -66,6 +73,16 @@ GENERATION_PATH = "/services/audio/music/generation"
 OSS_HOST_SUFFIX = ".aliyuncs.com"
 ERROR_BODY_MAX = 1024 * 1024
 JSON_BODY_MAX = 64 * 1024 * 1024
+#: One SSE event (or a line still waiting for its end) may be as large as a whole non-streaming answer, no larger.
+MAX_EVENT_BYTES = JSON_BODY_MAX
+#: An ``expires_at`` above this is in milliseconds (in seconds it would be after the year 5000).
+EXPIRY_MS_ABOVE = 100_000_000_000
+#: The Unix seconds an ``expires_at`` may name: 2000-01-01 to 2100-01-01 UTC (the docs say "24 h from now").
+EXPIRY_RANGE = (946_684_800, 4_102_444_800)
+#: The most billed seconds believed (a day); more is the service's bookkeeping gone wrong.
+BILLED_MAX_S = 24 * 3600
+#: Songs longer than this are refused before anything decodes them into memory (``SONGBOT_MAX_SONG_SECONDS``).
+MAX_SONG_SECONDS = 900.0
 DOWNLOAD_CHUNK = 256 * 1024
 #: aiohttp's default 64 KiB read buffer pauses the socket every 128 KiB; audio streams flow better with room.
 READ_BUFSIZE = 1024 * 1024
@@ -310,19 +327,52 @@ class _Final:
 
 
 def _as_int(value: object) -> int | None:
-    """``48000``, ``"48000"`` and ``200.0`` are all integers here (the docs and examples disagree on types)."""
+    """``48000``, ``"48000"`` and ``200.0`` are all integers here (the docs and examples disagree on types);
+    ``1e999``, ``Infinity`` and ``NaN`` (which JSON parsing lets through) are not numbers at all."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, float):
-        return round(value)
     if isinstance(value, str):
         try:
-            return round(float(value.strip()))
+            value = float(value.strip())
         except ValueError:
             return None
+    if isinstance(value, float):
+        return round(value) if math.isfinite(value) else None
     return None
+
+
+def _clip_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:60]}… ({len(text)} characters)"
+
+
+def _expiry(value: object) -> int | None:
+    """``audio.expires_at`` as Unix seconds: milliseconds are converted, and a value that is no time this
+    century (not a number, infinite, negative) is dropped, each with a WARNING. Only bookkeeping: never fatal."""
+    if value is None:
+        return None
+    seconds = _as_int(value)
+    if seconds is not None and seconds > EXPIRY_MS_ABOVE:
+        log.warning("DashScope's expires_at %s looks like milliseconds; reading it as such", _clip_repr(value))
+        seconds //= 1000
+    if seconds is None or not EXPIRY_RANGE[0] <= seconds <= EXPIRY_RANGE[1]:
+        log.warning("DashScope sent an unusable expires_at %s; the url's expiry is not kept", _clip_repr(value))
+        return None
+    return seconds
+
+
+def _billed(value: object) -> int | None:
+    """``usage.duration`` (billed seconds), if it is a plausible number of seconds; otherwise None, with a
+    WARNING (the song's measured length stands in for it)."""
+    if value is None:
+        return None
+    seconds = _as_int(value)
+    if seconds is None or not 0 <= seconds <= BILLED_MAX_S:
+        log.warning("DashScope sent an unusable usage.duration %s; ignoring it", _clip_repr(value))
+        return None
+    return seconds
 
 
 def _as_dict(value: object) -> dict[str, Any]:
@@ -338,15 +388,25 @@ def _final_from(obj: Mapping[str, Any], request_id: str | None) -> _Final:
     lyrics = extra.get("lyrics")
     audio_id = audio.get("id")
     return _Final(
-        request_id=str(obj.get("request_id") or request_id or "") or None,
+        request_id=clamp_id(obj.get("request_id"), "request_id") or request_id,
         url=url if isinstance(url, str) and url else None,
-        expires_at=_as_int(audio.get("expires_at")),
+        expires_at=_expiry(audio.get("expires_at")),
         lyrics=lyrics if isinstance(lyrics, str) else "",
         sample_rate=_as_int(extra.get("sample_rate")),
         channels=_as_int(extra.get("channels")),
-        billed_seconds=_as_int(usage.get("duration")),
-        audio_id=audio_id if isinstance(audio_id, str) else None,
+        billed_seconds=_billed(usage.get("duration")),
+        audio_id=clamp_id(audio_id, "audio id") if isinstance(audio_id, str) else None,
     )
+
+
+def _json_int(digits: str) -> int | float:
+    """An integer literal; one too long for ``int()`` (over 4,300 digits raises) becomes a float, i.e. infinite,
+    which the bookkeeping readers drop, rather than making the whole event unreadable."""
+    return int(digits) if len(digits) <= 100 else float(digits)
+
+
+def _json_loads(text: str | bytes) -> Any:
+    return json.loads(text, parse_int=_json_int)
 
 
 def parse_event_json(text: str) -> Any:
@@ -363,11 +423,11 @@ def parse_event_json(text: str) -> Any:
     start = at + len(_DATA_KEY)
     end = text.find('"', start) if at > 0 and text[at - 1] != "\\" else -1
     if end < 0 or text.find("\\", start, end) >= 0 or text.find('"data"', 0, at) >= 0 or '"data"' in text[end:]:
-        return json.loads(text)
-    obj = json.loads(text[:start] + text[end:])
+        return _json_loads(text)
+    obj = _json_loads(text[:start] + text[end:])
     audio = _as_dict(_as_dict(obj).get("output")).get("audio")
     if not isinstance(audio, dict) or audio.get("data") != "":
-        return json.loads(text)
+        return _json_loads(text)
     audio["data"] = text[start:end]
     return obj
 
@@ -431,6 +491,8 @@ class FunMusicClient:
         idle_timeout_s: float = 60,
         total_deadline_s: float = 600,
         download_max_bytes: int = 200 * 1024 * 1024,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        max_song_seconds: float = MAX_SONG_SECONDS,
         extra_download_hosts: Sequence[str] = (),
         limiter: RateLimiter | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -451,6 +513,8 @@ class FunMusicClient:
         self.idle_timeout_s = idle_timeout_s
         self.total_deadline_s = total_deadline_s
         self.download_max_bytes = download_max_bytes
+        self.max_event_bytes = max_event_bytes
+        self.max_song_seconds = max_song_seconds
         self.allowed_hosts = frozenset({base.host.lower(), *(h.lower() for h in extra_download_hosts)})
         self._limiter = limiter
         self._sleep = sleep
@@ -477,6 +541,7 @@ class FunMusicClient:
             idle_timeout_s=settings.idle_timeout_s,
             total_deadline_s=settings.total_deadline_s,
             download_max_bytes=settings.download_max_bytes,
+            max_song_seconds=settings.max_song_seconds,
             limiter=RateLimiter(settings.requests_per_minute, 60.0),
             backoff_base_s=settings.retry_backoff_s,
         )
@@ -548,6 +613,14 @@ class FunMusicClient:
                 retryable=False,
                 audio_delivered=True,
             ) from None
+        if info.duration_s > self.max_song_seconds:
+            raise SongTooLong(
+                f"the song is {info.duration_s:.1f} s long, over the {self.max_song_seconds:g} s cap "
+                f"(request_id={final.request_id}, url={'yes' if final.url else 'no'})",
+                duration_s=info.duration_s,
+                limit_s=self.max_song_seconds,
+                request_id=final.request_id,
+            )
         path = await asyncio.to_thread(_final_path, sink.path, out_dir, final.request_id, req.format)
         return GenerationResult(
             audio_path=path,
@@ -690,14 +763,14 @@ class FunMusicClient:
             body = _error_body(raw, resp.status, is_sse=ctype == "text/event-stream")
             header_id = resp.headers.get("x-request-id") or resp.headers.get("X-DashScope-Request-Id")
             if body.request_id is None and header_id:
-                body = replace(body, request_id=header_id)
+                body = replace(body, request_id=clamp_id(header_id, "request_id"))
             raise self._classified(body, tag, retry_after=parse_retry_after(resp.headers), where="HTTP")
         if ctype == "text/event-stream":
             return await self._read_stream(resp, sink, report, state, tag)
         # A plain JSON answer: the non-streaming body, also when it answers an SSE request (the SDK does the same).
         raw = await _read_capped(resp, JSON_BODY_MAX)
         try:
-            obj = json.loads(raw)
+            obj = _json_loads(raw)
         except ValueError:
             raise BrokenStream(f"DashScope answered {ctype or 'no content type'} that is not JSON") from None
         if not isinstance(obj, dict):
@@ -737,16 +810,21 @@ class FunMusicClient:
     async def _read_stream(
         self, resp: aiohttp.ClientResponse, sink: _AudioSink, report: _Reporter, state: _StreamState, tag: str
     ) -> _Final:
-        parser = SSEParser()
+        parser = SSEParser(self.max_event_bytes)
         writer = _WriteBehind(sink, report)
         try:
             final: _Final | None = None
-            async for chunk in resp.content.iter_any():
-                final = await self._events(parser.feed(chunk), writer, state, tag)
-                if final is not None:
-                    break
-            else:
-                final = await self._events(parser.close(), writer, state, tag)
+            try:
+                async for chunk in resp.content.iter_any():
+                    final = await self._events(parser.feed(chunk), writer, state, tag)
+                    if final is not None:
+                        break
+                else:
+                    final = await self._events(parser.close(), writer, state, tag)
+            except EventTooLarge as exc:
+                raise BrokenStream(
+                    f"the stream is broken: {exc}", request_id=state.request_id, audio_delivered=state.audio_seen
+                ) from None
             await writer.drain()
         except BaseException:
             await writer.abandon()
@@ -780,7 +858,7 @@ class FunMusicClient:
                     raise self._classified(body_from_json(obj, event.http_status), tag, where="stream")
                 output = _as_dict(obj.get("output"))
                 if state.request_id is None and obj.get("request_id"):
-                    state.request_id = str(obj["request_id"])
+                    state.request_id = clamp_id(obj["request_id"], "request_id")
                     log.info("fun-music %s request_id=%s streaming", tag, state.request_id)
                 data = _as_dict(output.get("audio")).get("data")
                 if isinstance(data, str) and data:
@@ -923,6 +1001,7 @@ class _WriteBehind:
     def __init__(self, sink: _AudioSink, report: _Reporter) -> None:
         self._sink = sink
         self._report = report
+        self._carry = ""  # base64 characters after an event's last whole 4-character quantum
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="songbot-audio")
         self._pending: deque[tuple[asyncio.Future[None], int]] = deque()
         self._pending_bytes = 0
@@ -933,8 +1012,16 @@ class _WriteBehind:
         self.meter = _Meter()
 
     async def submit(self, payloads: list[str], request_id: str | None) -> None:
-        """Queue one read's base64 payloads: decoded (each on its own) and written in order by the worker."""
-        for payload in payloads:
+        """Queue one read's base64 payloads: decoded (each on its own) and written in order by the worker.
+
+        An event cut mid-quantum (a length that is not a multiple of 4) keeps its last 1-3 characters for the
+        next event (``dashscope-wire.md`` §6.2), so each part decoded is whole quanta; invalid characters still
+        fail, strictly.
+        """
+        for whole in payloads:
+            payload = self._whole_quanta(whole)
+            if not payload:
+                continue
             self._batch_bytes += len(payload)
             # the first bytes tell the rate that progress needs, so they are decoded here whatever their size
             if len(payload) <= self.INLINE_DECODE_MAX or len(self.meter.head) < HEAD_BYTES:
@@ -948,6 +1035,32 @@ class _WriteBehind:
         if self._batch_bytes >= self.BATCH_BYTES:
             await self._hand_over()
         await self._report("generating", self.meter.count, self.meter.seconds())
+
+    def _whole_quanta(self, payload: str) -> str:
+        """``payload`` behind the carried characters, less a new tail that does not fill a quantum (carried)."""
+        if self._carry:
+            payload, self._carry = self._carry + payload, ""
+        cut = len(payload) % 4
+        if cut:
+            payload, self._carry = payload[:-cut], payload[-cut:]
+        return payload
+
+    def _flush_carry(self) -> None:
+        """The stream has ended: base64 left over is a last quantum sent without its ``=`` padding (2 or 3
+        characters, padded here) or a broken one (1 character, which no base64 ends with)."""
+        carry, self._carry = self._carry, ""
+        if not carry:
+            return
+        if len(carry) == 1:
+            raise BrokenStream(
+                "the stream's base64 ended one character into a 4-character quantum",
+                request_id=self._request_id,
+                audio_delivered=self.meter.count > 0,
+            )
+        data = decode_audio(carry + "=" * (4 - len(carry)), self._request_id, self.meter.count > 0)
+        self.meter.add(data)
+        self._batch.append(data)
+        self._batch_bytes += len(carry)
 
     async def _hand_over(self) -> None:
         if not self._batch:
@@ -971,6 +1084,7 @@ class _WriteBehind:
 
     async def drain(self) -> None:
         """Write what is left, wait for every queued write (raising the first failure), let the worker go."""
+        self._flush_carry()
         await self._hand_over()
         while self._pending:
             await self._wait_oldest()
@@ -982,6 +1096,7 @@ class _WriteBehind:
         self._pending.clear()
         self._pending_bytes = 0
         self._batch, self._batch_bytes = [], 0
+        self._carry = ""
         with contextlib.suppress(Exception):
             await asyncio.shield(asyncio.to_thread(self._executor.shutdown, True))
 

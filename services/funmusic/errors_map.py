@@ -8,6 +8,7 @@ the status: 5xx/408/409/429 are retryable, other 4xx are not.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
@@ -49,6 +50,12 @@ SERVER_CODES = frozenset(
         "GatewayTimeout",
     }
 )
+log = logging.getLogger(__name__)
+
+#: The longest request id, audio id or error code kept: the store's columns hold 100 characters, and a longer
+#: one is the service's bookkeeping gone wrong, never a reason to lose a song.
+ID_MAX_CHARS = 100
+
 #: Throttling codes that waiting a few seconds will not cure (a spent quota needs an operator).
 NOT_RETRYABLE_THROTTLING = frozenset({"Throttling.AllocationQuota"})
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -61,6 +68,27 @@ def _is_auth(code: str) -> bool:
         or code.endswith(".AccessDenied")
         or code.endswith("BillOverdue")
     )
+
+
+def clamp_id(value: object, what: str) -> str | None:
+    """A request id, audio id or error code as songbot keeps it: text of at most :data:`ID_MAX_CHARS` characters,
+    or None. Anything else (a longer value, an object) is cut or dropped with a WARNING, never raised."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        log.warning("DashScope sent a %s that is not text (%s); ignoring it", what, type(value).__name__)
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > ID_MAX_CHARS:
+        log.warning(
+            "DashScope sent a %d-character %s; keeping its first %d characters: %s…",
+            len(text),
+            what,
+            ID_MAX_CHARS,
+            text[:ID_MAX_CHARS],
+        )
+        text = text[:ID_MAX_CHARS]
+    return text
 
 
 def parse_error_body(raw: bytes | str, status: int | None) -> ErrorBody:
@@ -79,11 +107,10 @@ def parse_error_body(raw: bytes | str, status: int | None) -> ErrorBody:
 def body_from_json(obj: Mapping[str, object], status: int | None) -> ErrorBody:
     code = obj.get("code")
     message = obj.get("message")
-    request_id = obj.get("request_id")
     return ErrorBody(
-        code=str(code) if code is not None else "",
+        code=clamp_id(str(code) if code is not None else None, "error code") or "",
         message=str(message) if message is not None else "",
-        request_id=str(request_id) if request_id else None,
+        request_id=clamp_id(obj.get("request_id"), "request_id"),
         status=status,
     )
 

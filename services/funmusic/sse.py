@@ -16,6 +16,10 @@ Rules (the SSE spec, plus what DashScope sends):
   as the event's ``http_status`` (a ``status:NNN`` field, which the SDK reads, is taken the same way);
 - a blank line ends an event; an event with neither ``data`` nor ``event`` is not emitted;
 - :meth:`SSEParser.close` flushes a last event that has no closing blank line.
+
+Memory is bounded: with ``max_event_bytes`` set, a line still waiting for its end, or an event's ``data`` lines
+together, larger than that raise :class:`EventTooLarge` at once (a stream that never sends a newline would
+otherwise be held in memory until the deadline).
 """
 
 from __future__ import annotations
@@ -25,6 +29,14 @@ from dataclasses import dataclass, field
 _CR = 0x0D
 _LF = 0x0A
 _STATUS_COMMENT = b":HTTP_STATUS/"
+
+
+class EventTooLarge(ValueError):
+    """A line, or one event's data, grew past the parser's ``max_event_bytes``: the stream is broken."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(f"{what} is over the {limit}-byte event size cap")
+        self.limit = limit
 
 
 @dataclass
@@ -42,6 +54,7 @@ class _Pending:
     id: str | None = None
     event: str | None = None
     data: list[str] = field(default_factory=list)
+    data_bytes: int = 0
     http_status: int | None = None
     has_content: bool = False
 
@@ -54,9 +67,14 @@ def _parse_status(raw: bytes) -> int | None:
 
 
 class SSEParser:
-    """Feed it bytes; it returns the events completed so far. Not thread-safe; one parser per stream."""
+    """Feed it bytes; it returns the events completed so far. Not thread-safe; one parser per stream.
 
-    def __init__(self) -> None:
+    ``max_event_bytes`` (None = no limit) bounds the line being assembled and the data of the event in progress;
+    past it, :meth:`feed` raises :class:`EventTooLarge`.
+    """
+
+    def __init__(self, max_event_bytes: int | None = None) -> None:
+        self._max = max_event_bytes
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf already searched for a line end (none found there)
         self._skip_lf = False  # the previous line ended in CR at the end of a chunk: a leading LF belongs to it
@@ -78,6 +96,8 @@ class SSEParser:
         self._buf += chunk[start:] if start else chunk
         events: list[SSEEvent] = []
         self._consume_lines(events)
+        if self._max is not None and len(self._buf) > self._max:
+            raise EventTooLarge(f"a line of more than {len(self._buf)} bytes without an end", self._max)
         return events
 
     def close(self) -> list[SSEEvent]:
@@ -141,6 +161,9 @@ class SSEParser:
             if value_at < end and buf[value_at] == 0x20:
                 value_at += 1
         if name == b"data":
+            pending.data_bytes += end - value_at + 1
+            if self._max is not None and pending.data_bytes > self._max:
+                raise EventTooLarge(f"an event with {pending.data_bytes} bytes of data lines", self._max)
             with memoryview(buf) as view:
                 pending.data.append(str(view[value_at:end], "utf-8", "replace"))
             pending.has_content = True

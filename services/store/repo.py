@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -35,6 +36,8 @@ from services.store.records import (
     Totals,
 )
 from services.store.schema import audit_log, guild_settings, jobs, meta, reservations, usage
+
+log = logging.getLogger(__name__)
 
 _TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
 #: Jobs in these states do not hold a cooldown: the member got nothing, through no choice of theirs.
@@ -63,6 +66,16 @@ def member_key(salt: str, user_id: int) -> str:
 def whole_seconds(seconds: float) -> int:
     """Seconds of audio as billed: rounded up, never negative."""
     return max(0, math.ceil(seconds - 1e-9))
+
+
+def _fit_job_columns(job_id: int, values: dict[str, object]) -> None:
+    """Cut text longer than its ``jobs`` column (PostgreSQL would refuse the row) with a WARNING: a request id
+    or error code from the service is bookkeeping, never a reason to lose the job's state."""
+    for name, value in values.items():
+        length = getattr(jobs.c[name].type, "length", None)
+        if isinstance(value, str) and isinstance(length, int) and len(value) > length:
+            log.warning("job %s: %s has %d characters, over its column's %d; cut", job_id, name, len(value), length)
+            values[name] = value[:length]
 
 
 def _job(row: sa.Row[Any]) -> JobRecord:
@@ -229,6 +242,7 @@ class Tx:
             values.update(_ERASED_TEXT)
             if status.terminal:
                 values["user_id"] = None
+        _fit_job_columns(job_id, values)
         await self.conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
         updated = await self.job(job_id)
         assert updated is not None
@@ -406,6 +420,24 @@ class Tx:
         return True
 
     # --- privacy --------------------------------------------------------------------------------------------
+
+    async def erase_text_before(self, cutoff: datetime) -> int:
+        """Retention: erase the prompt and lyrics of jobs that ended before ``cutoff``. Returns how many jobs."""
+        result = await self.conn.execute(
+            jobs.update()
+            .where(jobs.c.finished_at < cutoff, sa.or_(jobs.c.prompt.is_not(None), jobs.c.lyrics.is_not(None)))
+            .values(prompt=None, lyrics=None)
+        )
+        return int(result.rowcount)
+
+    async def running_job_ids(self, job_ids: list[int]) -> set[int]:
+        """Which of ``job_ids`` exist and have not ended (their work files are still in use)."""
+        if not job_ids:
+            return set()
+        result = await self.conn.execute(
+            sa.select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.status.not_in(_TERMINAL_VALUES))
+        )
+        return {int(row[0]) for row in result}
 
     async def delete_member_data(self, user_id: int) -> int:
         """Erase a member's text from every job of theirs. A job still running keeps its owner id until it ends

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Unpack
 
 from services.clock import Clock
@@ -214,6 +215,16 @@ class Store:
             return await tx.history(user_id, guild_id, limit)
 
     # --- privacy ----------------------------------------------------------------------------------------------
+
+    async def erase_old_text(self, retention_days: int) -> int:
+        """Erase prompts and lyrics of jobs that ended more than ``retention_days`` ago; returns how many jobs."""
+        cutoff = self.clock.now() - timedelta(days=retention_days)
+        async with self.write() as tx:
+            return await tx.erase_text_before(cutoff)
+
+    async def running_job_ids(self, job_ids: list[int]) -> set[int]:
+        async with self.read() as tx:
+            return await tx.running_job_ids(job_ids)
 
     async def delete_member_data(self, user_id: int) -> int:
         """Erase a member's prompts, lyrics, urls and history; anonymise their usage and audit rows (see the

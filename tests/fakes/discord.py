@@ -401,12 +401,14 @@ class FakeDiscord:
         created_at: datetime | None = None,
         attachment_size_limit: int = DEFAULT_UPLOAD_LIMIT,
         locale: str = "en-US",
+        channel: FakeChannel | None = None,
     ) -> Json:
         """A MESSAGE_COMPONENT interaction: `user` pressed the button (or chose `values` in the select)
-        `custom_id` on `message` (default: the newest message showing that component)."""
+        `custom_id` on `message` (default: the newest message showing that component). `channel`: where the
+        press comes from (default: the message's); another server's channel, or a DM, makes a forged press."""
         message = message or self._find_component_message(custom_id)
         component = message.component(custom_id)
-        channel = self.state.channel(message.channel_id)
+        channel = channel or self.state.channel(message.channel_id)
         payload = self._context(
             InteractionType.MESSAGE_COMPONENT,
             user=user,

@@ -637,6 +637,8 @@ def check_components(components: list[Json], flags: int, rules: Rules, where: st
                 raise too_long(f"{where}components.{index}.components", 5)
     seen: set[str] = set()
     for component in everything:
+        if component.get("type") == 2 and len(component.get("label") or "") > 80:
+            raise too_long(f"{where}components.label", 80)
         custom_id = component.get("custom_id")
         if custom_id is None:
             continue
@@ -657,7 +659,15 @@ def check_embeds(embeds: list[Json], rules: Rules, where: str) -> None:
             raise too_long(f"{where}embeds.{index}.title", 256)
         if len(embed.get("description") or "") > rules.max_embed_description:
             raise too_long(f"{where}embeds.{index}.description", rules.max_embed_description)
+        if len((embed.get("footer") or {}).get("text") or "") > 2048:
+            raise too_long(f"{where}embeds.{index}.footer.text", 2048)
+        if len((embed.get("author") or {}).get("name") or "") > 256:
+            raise too_long(f"{where}embeds.{index}.author.name", 256)
+        if len(embed.get("fields") or []) > 25:
+            raise too_long(f"{where}embeds.{index}.fields", 25)
         for number, item in enumerate(embed.get("fields") or []):
+            if len(item.get("name") or "") > 256:
+                raise too_long(f"{where}embeds.{index}.fields.{number}.name", 256)
             if len(item.get("value") or "") > 1024:
                 raise too_long(f"{where}embeds.{index}.fields.{number}.value", 1024)
     if sum(embed_text_length(embed) for embed in embeds) > rules.max_embed_total:
