@@ -24,6 +24,7 @@ from services.audio import FitResult, Tags, fit, waveform_png
 from services.errors import CannotFit, ServiceError, SongbotError
 from services.funmusic.request import GenerationRequest, GenerationResult, Progress, ProgressCallback
 from services.logs import bind_log_context, log_context
+from services.metrics import Metrics
 from services.store.records import JobStateError
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,8 @@ class _Entry:
     concluding: bool = False  # on its failure or cancel path: a Cancel now must not cut the member's last word
     spend: Spend = field(default_factory=Spend)
     result: GenerationResult | None = None  # the finished song, once the service delivered it
+    submitted_at: float = 0.0  # loop time of submit (for the queue-wait metric)
+    generated_at: float = 0.0  # loop time the last audio byte arrived (for the delivery-time metric)
 
 
 class JobManager:
@@ -213,7 +216,9 @@ class JobManager:
         work_dir: Path,
         max_concurrent: int,
         queue_size: int,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._generator = generator
         self._store = store
         self._ledger = ledger
@@ -265,7 +270,7 @@ class JobManager:
         """Queue a job that policy already admitted (quota reserved). Returns the task that runs it."""
         if self._closing:
             raise ShuttingDown("the job manager is closing")
-        entry = _Entry(spec=spec, observer=observer)
+        entry = _Entry(spec=spec, observer=observer, submitted_at=asyncio.get_running_loop().time())
         self._entries[spec.job_id] = entry
         self._waiting.append(entry)
         with log_context(job_id=spec.job_id, guild_id=spec.guild_id):  # the task copies the context: every line it logs
@@ -397,6 +402,9 @@ class JobManager:
 
     async def _make(self, entry: _Entry, job_dir: Path) -> PreparedSong:
         spec = entry.spec
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._metrics.queue_wait.observe(started - entry.submitted_at)
         await self._set_stage(entry, "generating")
         await entry.observer.stage("generating", None)
 
@@ -405,6 +413,8 @@ class JobManager:
             await entry.observer.stage("generating", progress)
 
         result = await self._generator.generate(spec.request, out_dir=job_dir, on_progress=on_progress)
+        entry.generated_at = loop.time()
+        self._metrics.generation.observe(entry.generated_at - started)
         entry.result = result
         bind_log_context(request_id=result.request_id)
         await self._set_stage(
@@ -424,6 +434,8 @@ class JobManager:
         delivery = await entry.observer.deliver(song)
         entry.delivered = True
         entry.stage = "delivered"
+        self._metrics.delivery.observe(asyncio.get_running_loop().time() - entry.generated_at)
+        self._metrics.song_ended("delivered")
         log.info(
             "job %s delivered via %s (request %s, %.1f s)",
             entry.spec.job_id,
@@ -484,6 +496,8 @@ class JobManager:
 
     async def _on_failed(self, entry: _Entry, exc: SongbotError, *, logged: bool = False) -> None:
         code = exc.code if isinstance(exc, ServiceError) and exc.code else type(exc).__name__
+        if isinstance(exc, ServiceError):
+            self._metrics.dashscope_error(exc.code)
         if not logged:
             request_id = exc.request_id if isinstance(exc, ServiceError) else None
             log.warning(
@@ -496,6 +510,8 @@ class JobManager:
 
     async def _finish(self, entry: _Entry, status: str, **fields: object) -> None:
         """Refund, then record the terminal state; shielded so a second cancel cannot leave it half-written."""
+
+        self._metrics.song_ended(status)
 
         async def write() -> None:
             await self._ledger.refund(entry.spec.job_id, entry.spend.billed(entry.result))

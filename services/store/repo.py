@@ -324,6 +324,15 @@ class Tx:
         )
         return int(value or 0)
 
+    async def jobs_by_status(self) -> dict[str, int]:
+        """How many jobs are in each unfinished state now, on every process sharing the database (for metrics)."""
+        result = await self.conn.execute(
+            sa.select(jobs.c.status, sa.func.count())
+            .where(jobs.c.status.not_in(_TERMINAL_VALUES))
+            .group_by(jobs.c.status)
+        )
+        return {str(status): int(count) for status, count in result}
+
     async def top_members(self, guild_id: int, day: date, limit: int) -> list[MemberTotals]:
         """The members who made the most songs in a server on a day (members who deleted their data excluded)."""
         songs = sa.func.sum(usage.c.songs).label("songs")

@@ -222,6 +222,10 @@ class Store:
         async with self.write() as tx:
             return await tx.erase_text_before(cutoff)
 
+    async def jobs_by_status(self) -> dict[str, int]:
+        async with self.read() as tx:
+            return await tx.jobs_by_status()
+
     async def running_job_ids(self, job_ids: list[int]) -> set[int]:
         async with self.read() as tx:
             return await tx.running_job_ids(job_ids)
