@@ -1,8 +1,10 @@
 """How a job shows itself on Discord: throttled progress edits, the result message, and the delivery ladder.
 
-Ladder: edit the original response → (token expired / 401 50027 / unknown webhook) post in the channel with the
-bot's token, mentioning the requester → (no permission there, or a private song) DM the requester → log it.
-Every attempt builds fresh ``discord.File`` objects: discord.py closes them after each request.
+Ladder: edit the original response → (token expired / 401 50027 / unknown webhook / any other refusal or a network
+failure) post in the channel with the bot's token, mentioning the requester → (no permission there, a network
+failure, or a private song) DM the requester → the download link alone, a small text message, on the first of those
+places that takes it → log it. Every route catches whatever Discord or the network can throw (``ROUTE_ERRORS``) and
+moves on to the next. Every attempt builds fresh ``discord.File`` objects: discord.py closes them after each request.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aiohttp
 import discord
 
 from cogs._limits import EMBED_TITLE, FIELD_VALUE, fit_embed, fit_lines
@@ -25,6 +28,7 @@ from cogs._words import (
     download_link,
     failure_text,
     format_duration,
+    link_text,
     mention_only,
     more_lyrics,
     plural,
@@ -44,6 +48,11 @@ PROGRESS_INTERVAL_S = 2.5
 MAX_PROGRESS_INTERVAL_S = 30.0
 LYRICS_IN_EMBED = 3000
 TOKEN_MARGIN_S = 30.0
+#: What a network can throw at a request besides Discord's own answers: a server disconnect, a connection reset,
+#: any other socket error, a timeout. discord.py lets these through (it retries only BSD/Windows resets itself).
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
+#: Everything one delivery route can fail with; the ladder moves on to the next route on any of them.
+ROUTE_ERRORS: tuple[type[BaseException], ...] = (discord.HTTPException, *NETWORK_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,8 @@ class ProgressEditor:
                 self._stopped = True
             else:
                 log.warning("progress edit failed: %s", exc)
+        except NETWORK_ERRORS as exc:
+            log.warning("progress edit failed on the network: %s: %s", type(exc).__name__, exc)
 
     async def stop(self) -> None:
         """Stop editing; waits for an edit in flight so it cannot land after the final message."""
@@ -304,6 +315,14 @@ class DiscordJobObserver:
                         "job %s: could not edit in the result (%s); posting in the channel", self.ctx.job_id, exc
                     )
                 return None
+            except NETWORK_ERRORS as exc:
+                log.warning(
+                    "job %s: could not edit in the result (network: %s: %s); posting in the channel",
+                    self.ctx.job_id,
+                    type(exc).__name__,
+                    exc,
+                )
+                return None
 
     async def _shrink(self, message: SongMessage) -> bool:
         """Discord refused the size: fit the audio again under a smaller limit (down to the link), then drop the
@@ -339,9 +358,50 @@ class DiscordJobObserver:
                         if (exc.status == 413 or exc.code == 40005) and await self._shrink(message):
                             continue
                         raise
-            except discord.HTTPException as exc:
-                log.warning("job %s: could not deliver by %s: %s", self.ctx.job_id, target, exc)
+            except ROUTE_ERRORS as exc:
+                log.warning("job %s: could not deliver by %s: %s: %s", self.ctx.job_id, target, type(exc).__name__, exc)
+        link = await self._link(message)
+        if link is not None:
+            return link
         raise DeliveryFailed(f"job {self.ctx.job_id}: every delivery route failed")
+
+    async def _link(self, message: SongMessage) -> Delivery | None:
+        """The last route: the download link alone, as a small text message, on the first place that takes it:
+        the original response, an (ephemeral, for a private song) follow-up, the channel, a DM. None without a
+        url, or when no place took it."""
+        result = message.song.result
+        if not result.url:
+            return None
+        text = link_text(result.url, result.url_expires_at)
+        if token_usable(self.interaction):
+            try:
+                sent = await self.interaction.edit_original_response(
+                    content=text, embed=None, attachments=[], view=None, allowed_mentions=NO_PINGS
+                )
+                return Delivery(sent.channel.id if sent.channel else self.ctx.channel_id, sent.id, "link")
+            except ROUTE_ERRORS as exc:
+                log.warning("job %s: could not edit in the link: %s: %s", self.ctx.job_id, type(exc).__name__, exc)
+            try:
+                followup = await self.interaction.followup.send(
+                    text, ephemeral=self.ctx.private, allowed_mentions=NO_PINGS, wait=True
+                )
+                return Delivery(followup.channel.id if followup.channel else self.ctx.channel_id, followup.id, "link")
+            except ROUTE_ERRORS as exc:
+                log.warning(
+                    "job %s: could not follow up with the link: %s: %s", self.ctx.job_id, type(exc).__name__, exc
+                )
+        for target in ["dm"] if self.ctx.private else ["channel", "dm"]:
+            try:
+                messageable = await self._messageable(target)
+                posted = await messageable.send(
+                    f"<@{self.ctx.user_id}> {text}", allowed_mentions=mention_only(self.ctx.user_id)
+                )
+                return Delivery(posted.channel.id, posted.id, "link")
+            except ROUTE_ERRORS as exc:
+                log.warning(
+                    "job %s: could not post the link by %s: %s: %s", self.ctx.job_id, target, type(exc).__name__, exc
+                )
+        return None
 
     async def _messageable(self, target: str) -> discord.abc.Messageable:
         if target == "channel":
@@ -369,12 +429,16 @@ class DiscordJobObserver:
             except discord.HTTPException as exc:
                 if not _is_expired_token(exc):
                     log.warning("job %s: could not edit the original response: %s", self.ctx.job_id, exc)
+            except NETWORK_ERRORS as exc:
+                log.warning(
+                    "job %s: could not edit the original response: %s: %s", self.ctx.job_id, type(exc).__name__, exc
+                )
         mention = f"<@{self.ctx.user_id}> "
         for target in ["dm"] if self.ctx.private else ["channel", "dm"]:
             try:
                 messageable = await self._messageable(target)
                 await messageable.send(mention + text, allowed_mentions=mention_only(self.ctx.user_id))
                 return
-            except discord.HTTPException as exc:
+            except ROUTE_ERRORS as exc:
                 log.warning("job %s: could not tell the member by %s: %s", self.ctx.job_id, target, exc)
         log.error("job %s: member %s could not be told: %s", self.ctx.job_id, self.ctx.user_id, text)

@@ -17,6 +17,7 @@ from services.errors import (
     SongTooLong,
     ThrottledError,
 )
+from services.policy import GlobalUsage
 from services.text import clip as clip
 from services.text import listing as listing
 from services.text import plural as plural
@@ -94,6 +95,24 @@ def song_ended_text(status: str, *, jump_url: str | None = None, error_id: str |
         code = f" (error id `{error_id}`)" if error_id else ""
         return f"This song already failed{code}, so there is nothing to cancel."
     return "This song was stopped when the bot restarted, and its quota refunded. Run /song to make it again."
+
+
+def link_text(url: str, expires_at: float | None) -> str:
+    """The last way to hand over a song: its download link alone, when no upload got through."""
+    expiry = f" (the link expires {relative(expires_at)})" if expires_at else ""
+    return f"🎵 Your song is ready, but it could not be uploaded here: [download it]({url}){expiry}."
+
+
+def global_usage_text(usage: GlobalUsage) -> str:
+    """The operator's view of today across every server: what DashScope billed (the budget counts that) and what
+    members received."""
+    text = (
+        f"Billed by DashScope: {format_duration(usage.billed_seconds)} of music (cancelled, failed and retried "
+        f"songs included). Delivered: {usage.songs_used} song(s), {format_duration(usage.seconds_used)}."
+    )
+    if usage.seconds_limit is not None and usage.seconds_left is not None:
+        text += f" Daily budget: {format_duration(usage.seconds_limit)}, {format_duration(usage.seconds_left)} left."
+    return text
 
 
 def format_duration(seconds: float) -> str:

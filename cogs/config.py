@@ -19,6 +19,7 @@ from cogs._words import (
     NO_PINGS,
     clip,
     format_duration,
+    global_usage_text,
     listing,
     more_members,
     older_songs_not_shown,
@@ -28,7 +29,7 @@ from cogs._words import (
 from cogs.song import is_manager
 from services.errors import InvalidInput
 from services.guild_settings import SETTINGS, SHOWN_IDS, SPECS, GuildSettings, SettingSpec
-from services.policy import MemberUsage, ServerUsage
+from services.policy import GlobalUsage, MemberUsage, ServerUsage
 from services.store import JobRecord
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ _MEMBER_SONGS = SPECS["member_daily_songs"]
 _SERVER_SONGS = SPECS["server_daily_songs"]
 _SERVER_MINUTES = SPECS["server_daily_minutes"]
 _CONCURRENT = SPECS["max_concurrent"]
+_QUEUED = SPECS["max_queued"]
 
 
 def _about(spec: SettingSpec) -> str:
@@ -124,8 +126,9 @@ def history_embed(jobs: list[JobRecord], now: datetime) -> discord.Embed:
     return fit_embed(embed)
 
 
-def usage_embed(mine: MemberUsage, server: ServerUsage | None) -> discord.Embed:
-    """``/songusage``: the member's day, and for moderators the server's."""
+def usage_embed(mine: MemberUsage, server: ServerUsage | None, everywhere: GlobalUsage | None = None) -> discord.Embed:
+    """``/songusage``: the member's day, for moderators the server's, and in the operator's own server what
+    DashScope billed across every server beside what was delivered."""
     embed = discord.Embed(title="/song usage today (UTC)", colour=discord.Colour.blurple())
     embed.add_field(
         name="You",
@@ -148,6 +151,8 @@ def usage_embed(mine: MemberUsage, server: ServerUsage | None) -> discord.Embed:
                 for row in server.top
             ]
             embed.add_field(name="Top members", value=fit_lines(rows, FIELD_VALUE, more=more_members), inline=False)
+    if everywhere is not None:
+        embed.add_field(name="All servers (operator)", value=global_usage_text(everywhere), inline=False)
     embed.set_footer(text="Quotas reset at 00:00 UTC.")
     embed.add_field(name="Resets", value=relative(mine.resets_at.timestamp()), inline=False)
     return fit_embed(embed)
@@ -205,6 +210,7 @@ class ConfigCog(commands.Cog):
         server_daily_songs=_about(_SERVER_SONGS),
         server_daily_minutes=_about(_SERVER_MINUTES),
         max_concurrent=_about(_CONCURRENT),
+        max_queued=_about(_QUEUED),
         default_voice="Voice when a member doesn't choose",
         default_format="Format when a member doesn't choose",
         watermark="Audible AI watermark: always, never, or the member's choice",
@@ -219,6 +225,7 @@ class ConfigCog(commands.Cog):
         server_daily_songs: app_commands.Range[int, _SERVER_SONGS.low, _SERVER_SONGS.high] | None = None,
         server_daily_minutes: app_commands.Range[int, _SERVER_MINUTES.low, _SERVER_MINUTES.high] | None = None,
         max_concurrent: app_commands.Range[int, _CONCURRENT.low, _CONCURRENT.high] | None = None,
+        max_queued: app_commands.Range[int, _QUEUED.low, _QUEUED.high] | None = None,
         default_voice: Literal["female", "male"] | None = None,
         default_format: Literal["mp3", "wav", "ogg"] | None = None,
         watermark: Literal["always", "never", "member"] | None = None,
@@ -234,6 +241,7 @@ class ConfigCog(commands.Cog):
             "server_daily_songs": server_daily_songs,
             "server_daily_minutes": server_daily_minutes,
             "max_concurrent": max_concurrent,
+            "max_queued": max_queued,
             "default_voice": default_voice,
             "default_format": default_format,
             "watermark": watermark,
@@ -308,7 +316,12 @@ class ConfigCog(commands.Cog):
         policy = self.services.policy
         mine = await policy.member_usage(interaction.guild_id, interaction.user.id)
         server = await policy.server_usage(interaction.guild_id) if is_manager(interaction) else None
-        await self._reply(interaction, embed=usage_embed(mine, server))
+        everywhere = None
+        if server is not None and (
+            interaction.guild_id == self.services.settings.dev_guild_id or await self.bot.is_owner(interaction.user)
+        ):
+            everywhere = await policy.global_usage()  # the operator's own server: what DashScope billed, everywhere
+        await self._reply(interaction, embed=usage_embed(mine, server, everywhere))
 
     # --- /songhistory --------------------------------------------------------------------------------------------
     @app_commands.command(name="songhistory", description="Your recent songs, with links to them.")

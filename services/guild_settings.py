@@ -91,6 +91,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "server_daily_minutes", "int", 120, "Minutes of music the server can make per UTC day.", 0, 100000, "minute"
     ),
     SettingSpec("max_concurrent", "int", 2, "Songs this server can have generating at once.", 1, 20, "song"),
+    SettingSpec("max_queued", "int", 25, "Songs this server can have waiting in the queue at once.", 1, 1000, "song"),
     SettingSpec(
         "default_voice", "choice", "female", "Voice used when a member doesn't pick one.", choices=("female", "male")
     ),
@@ -134,6 +135,7 @@ class GuildSettings:
     server_daily_songs: int = 50
     server_daily_minutes: int = 120
     max_concurrent: int = 2
+    max_queued: int = 25
     default_voice: str = "female"
     default_format: str = "mp3"
     watermark: str = "member"

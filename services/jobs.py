@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import shutil
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,10 +24,15 @@ from services.audio import FitResult, Tags, fit, waveform_png
 from services.errors import CannotFit, ServiceError, SongbotError
 from services.funmusic.request import GenerationRequest, GenerationResult, Progress, ProgressCallback
 from services.logs import bind_log_context, log_context
+from services.metrics import Metrics
+from services.store.records import JobStateError
 
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"delivered", "failed", "cancelled", "interrupted"})
+#: Waits before each new try of the bookkeeping after a delivery (settle, "delivered"): a song that reached the
+#: member is never taken back, so a failed write is logged with its error id and tried again.
+BOOKKEEPING_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
 
 
 class ShuttingDown(SongbotError):
@@ -52,9 +58,41 @@ class JobStore(Protocol):
 
 
 class Ledger(Protocol):
-    async def settle(self, job_id: int, actual_seconds: float) -> object: ...
+    async def settle(self, job_id: int, actual_seconds: float, billed_seconds: float | None = None) -> object: ...
 
-    async def refund(self, job_id: int) -> object: ...
+    async def refund(self, job_id: int, billed_seconds: float = 0) -> object: ...
+
+
+def _whole(seconds: float) -> int:
+    return max(0, math.ceil(seconds - 1e-9))
+
+
+@dataclass
+class Spend:
+    """What DashScope generated, and so billed, for one job: seconds of audio per attempt, from the client's
+    progress reports (billing is per second of audio generated, whether the song was delivered or not)."""
+
+    streamed: dict[int, float] = field(default_factory=dict)  # generation attempt -> seconds of audio streamed
+    attempt: int = 0  # the latest generation attempt
+    downloaded: float = 0.0  # seconds of audio fetched from the url (a non-streaming answer)
+
+    def record(self, progress: Progress) -> None:
+        if progress.stage in ("connecting", "generating"):
+            self.attempt = max(self.attempt, progress.attempt)
+        if progress.stage == "generating":
+            self.streamed[progress.attempt] = max(self.streamed.get(progress.attempt, 0.0), progress.seconds_received)
+        elif progress.stage == "downloading":
+            self.downloaded = max(self.downloaded, progress.seconds_received)
+
+    def billed(self, result: GenerationResult | None = None) -> int:
+        """Whole seconds billed: every attempt's streamed audio; for a finished song, its last attempt is what the
+        service says it billed (``usage.duration``), else the song's length."""
+        if result is not None:
+            earlier = sum(_whole(s) for attempt, s in self.streamed.items() if attempt != self.attempt)
+            last = result.billed_seconds if result.billed_seconds is not None else _whole(result.duration_s)
+            return earlier + max(0, last)
+        streamed = sum(_whole(s) for s in self.streamed.values())
+        return streamed if streamed else _whole(self.downloaded)
 
 
 @dataclass(frozen=True)
@@ -158,6 +196,12 @@ class _Entry:
     cancelled_by: int | None = None
     cancel_requested: bool = False
     shutting_down: bool = False
+    delivered: bool = False  # the song reached the member: nothing may take it back any more
+    concluding: bool = False  # on its failure or cancel path: a Cancel now must not cut the member's last word
+    spend: Spend = field(default_factory=Spend)
+    result: GenerationResult | None = None  # the finished song, once the service delivered it
+    submitted_at: float = 0.0  # loop time of submit (for the queue-wait metric)
+    generated_at: float = 0.0  # loop time the last audio byte arrived (for the delivery-time metric)
 
 
 class JobManager:
@@ -172,7 +216,9 @@ class JobManager:
         work_dir: Path,
         max_concurrent: int,
         queue_size: int,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._generator = generator
         self._store = store
         self._ledger = ledger
@@ -224,7 +270,7 @@ class JobManager:
         """Queue a job that policy already admitted (quota reserved). Returns the task that runs it."""
         if self._closing:
             raise ShuttingDown("the job manager is closing")
-        entry = _Entry(spec=spec, observer=observer)
+        entry = _Entry(spec=spec, observer=observer, submitted_at=asyncio.get_running_loop().time())
         self._entries[spec.job_id] = entry
         self._waiting.append(entry)
         with log_context(job_id=spec.job_id, guild_id=spec.guild_id):  # the task copies the context: every line it logs
@@ -236,6 +282,9 @@ class JobManager:
         """Cancel a job that is queued or generating. False if it is past the point of no return (or unknown)."""
         entry = self._entries.get(job_id)
         if entry is None or entry.task is None or entry.stage not in ("accepted", "queued", "generating"):
+            return False
+        if entry.concluding and not entry.cancel_requested:
+            # the job already failed and is telling its member (refund, words, buttons removed): let that finish
             return False
         if entry.cancel_requested:
             # a second task.cancel() would interrupt the job's own clean-up and leave the member without a word
@@ -251,7 +300,7 @@ class JobManager:
         entries = list(self._entries.values())
         for entry in entries:
             entry.shutting_down = True
-            if entry.task is not None and entry.stage != "delivering":
+            if entry.task is not None and entry.stage != "delivering" and not entry.concluding:
                 entry.task.cancel()
         tasks = [e.task for e in entries if e.task is not None]
         if tasks:
@@ -313,20 +362,34 @@ class JobManager:
             song = await self._make(entry, job_dir)
             await self._deliver(entry, song)
         except asyncio.CancelledError:
-            await self._on_cancelled(entry)
+            entry.concluding = True
+            if entry.delivered:
+                log.warning("job %s: stopped after its song was delivered; the delivery stands", entry.spec.job_id)
+            else:
+                await self._on_cancelled(entry)
             if not entry.cancel_requested and not entry.shutting_down:
                 raise
-        except SongbotError as exc:
-            await self._on_failed(entry, exc)
-        except Exception as exc:  # a bug: log it whole, tell the member in plain words
-            wrapped = SongbotError(f"unexpected {type(exc).__name__}")
-            log.exception(
-                "job %s failed unexpectedly [error %s]",
-                entry.spec.job_id,
-                wrapped.error_id,
-                extra={"error_id": wrapped.error_id},
-            )
-            await self._on_failed(entry, wrapped, logged=True)
+        except Exception as exc:
+            entry.concluding = True  # from here, a Cancel pressed at this instant cannot interrupt the failure path
+            if entry.delivered:  # the member has the song: never refund it or edit their message into a failure
+                wrapped = exc if isinstance(exc, SongbotError) else SongbotError(f"unexpected {type(exc).__name__}")
+                log.exception(
+                    "job %s: error after delivery [error %s]; the delivery stands",
+                    entry.spec.job_id,
+                    wrapped.error_id,
+                    extra={"error_id": wrapped.error_id},
+                )
+            elif isinstance(exc, SongbotError):
+                await self._on_failed(entry, exc)
+            else:  # a bug: log it whole, tell the member in plain words
+                wrapped = SongbotError(f"unexpected {type(exc).__name__}")
+                log.exception(
+                    "job %s failed unexpectedly [error %s]",
+                    entry.spec.job_id,
+                    wrapped.error_id,
+                    extra={"error_id": wrapped.error_id},
+                )
+                await self._on_failed(entry, wrapped, logged=True)
         finally:
             self._release(entry)
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
@@ -339,13 +402,20 @@ class JobManager:
 
     async def _make(self, entry: _Entry, job_dir: Path) -> PreparedSong:
         spec = entry.spec
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._metrics.queue_wait.observe(started - entry.submitted_at)
         await self._set_stage(entry, "generating")
         await entry.observer.stage("generating", None)
 
         async def on_progress(progress: Progress) -> None:
+            entry.spend.record(progress)
             await entry.observer.stage("generating", progress)
 
         result = await self._generator.generate(spec.request, out_dir=job_dir, on_progress=on_progress)
+        entry.generated_at = loop.time()
+        self._metrics.generation.observe(entry.generated_at - started)
+        entry.result = result
         bind_log_context(request_id=result.request_id)
         await self._set_stage(
             entry,
@@ -362,14 +432,10 @@ class JobManager:
         await self._set_stage(entry, "delivering")
         await entry.observer.stage("delivering", None)
         delivery = await entry.observer.deliver(song)
-        billed = song.result.billed_seconds or round(song.result.duration_s)
-        await self._ledger.settle(entry.spec.job_id, int(billed))
-        await self._set_stage(
-            entry,
-            "delivered",
-            message_id=delivery.message_id,
-            channel_id=delivery.channel_id,
-        )
+        entry.delivered = True
+        entry.stage = "delivered"
+        self._metrics.delivery.observe(asyncio.get_running_loop().time() - entry.generated_at)
+        self._metrics.song_ended("delivered")
         log.info(
             "job %s delivered via %s (request %s, %.1f s)",
             entry.spec.job_id,
@@ -377,6 +443,44 @@ class JobManager:
             song.result.request_id,
             song.result.duration_s,
         )
+        job_id = entry.spec.job_id
+        used = song.result.billed_seconds or round(song.result.duration_s)
+        billed = entry.spend.billed(song.result)
+        await self._bookkeep(job_id, "its quota use", lambda: self._ledger.settle(job_id, int(used), billed))
+        await self._bookkeep(
+            job_id,
+            "it as delivered",
+            lambda: self._store.transition(
+                job_id, "delivered", message_id=delivery.message_id, channel_id=delivery.channel_id
+            ),
+        )
+
+    async def _bookkeep(self, job_id: int, what: str, write: Callable[[], Awaitable[object]]) -> bool:
+        """One write after a delivery. It never fails the job: each failure is logged with an error id and the
+        write tried again (``BOOKKEEPING_RETRY_DELAYS_S``); a :class:`JobStateError` (the row says the job already
+        ended, e.g. another process marked it) cannot change by retrying and is only logged. True once written."""
+        for delay in (*BOOKKEEPING_RETRY_DELAYS_S, None):
+            try:
+                await write()
+                return True
+            except Exception as exc:
+                error = exc if isinstance(exc, SongbotError) else SongbotError(f"{type(exc).__name__}")
+                final = delay is None or isinstance(exc, JobStateError)
+                log.error(
+                    "job %s: the song was delivered, but recording %s failed [error %s]: %s: %s%s",
+                    job_id,
+                    what,
+                    error.error_id,
+                    type(exc).__name__,
+                    exc,
+                    "" if final else f"; trying again in {delay:g} s",
+                    extra={"error_id": error.error_id},
+                )
+                if final:
+                    return False
+                assert delay is not None
+                await asyncio.sleep(delay)
+        return False
 
     async def _on_cancelled(self, entry: _Entry) -> None:
         job_id = entry.spec.job_id
@@ -392,6 +496,8 @@ class JobManager:
 
     async def _on_failed(self, entry: _Entry, exc: SongbotError, *, logged: bool = False) -> None:
         code = exc.code if isinstance(exc, ServiceError) and exc.code else type(exc).__name__
+        if isinstance(exc, ServiceError):
+            self._metrics.dashscope_error(exc.code)
         if not logged:
             request_id = exc.request_id if isinstance(exc, ServiceError) else None
             log.warning(
@@ -405,8 +511,10 @@ class JobManager:
     async def _finish(self, entry: _Entry, status: str, **fields: object) -> None:
         """Refund, then record the terminal state; shielded so a second cancel cannot leave it half-written."""
 
+        self._metrics.song_ended(status)
+
         async def write() -> None:
-            await self._ledger.refund(entry.spec.job_id)
+            await self._ledger.refund(entry.spec.job_id, entry.spend.billed(entry.result))
             entry.stage = status
             await self._store.transition(entry.spec.job_id, status, **fields)
 

@@ -12,10 +12,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from services.policy import Policy
+    from services.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +27,8 @@ log = logging.getLogger(__name__)
 SONG_SECONDS_BUCKETS = (1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 OUTCOMES = ("delivered", "failed", "cancelled", "interrupted")
+WAITING = ("accepted", "queued")
+ACTIVE = ("generating", "processing", "delivering")
 
 Refresh = Callable[["Metrics"], Awaitable[None]]
 
@@ -120,6 +126,20 @@ class Metrics:
             started = loop.time()
             await asyncio.sleep(interval_s)
             self.loop_lag.observe(max(0.0, loop.time() - started - interval_s))
+
+    def watch_database(self, store: Store, policy: Policy) -> None:
+        """Read the queue and today's budget from the database at each scrape (true across all processes)."""
+
+        async def refresh(metrics: Metrics) -> None:
+            counts = await store.jobs_by_status()
+            metrics.queue_depth.set(sum(counts.get(status, 0) for status in WAITING))
+            metrics.generating.set(sum(counts.get(status, 0) for status in ACTIVE))
+            usage = await policy.global_usage()
+            metrics.budget_used.set(usage.billed_seconds)
+            if usage.seconds_limit is not None:
+                metrics.budget_limit.set(usage.seconds_limit)
+
+        self.on_scrape(refresh)
 
     def value(self, name: str, **labels: str) -> float:
         """One sample's value (for tests and the doctor); 0.0 when it has not been observed."""

@@ -9,12 +9,19 @@ The order, first refusal wins (each with its own one-sentence message and a :cla
 5. member daily quota (songs);
 6. server daily quota: songs, then minutes of audio;
 7. the operator's global daily budget (seconds of audio per UTC day, all servers together; None = unlimited);
-8. queue full.
+8. queue full: this server already has ``max_queued`` songs waiting (jobs admitted but not started, counted in the
+   database, so every process sharing it agrees), or the process's global bound (``SONGBOT_QUEUE_SIZE``) is reached.
+   Either refusal says when to try again (about one song's generation time from now).
 
 Admission checks all of that and, in the same write transaction, creates the job (status ``accepted``) and
 reserves 1 song plus the estimated seconds, so concurrent requests can never overspend a quota. Reserved but
 unsettled use counts as used. :meth:`Policy.settle` replaces the estimate with the real seconds;
 :meth:`Policy.refund` gives everything back (failure, cancel, interruption) and is idempotent.
+
+The operator's global budget counts what DashScope *billed*, not what was delivered: both ``settle`` and
+``refund`` record the seconds the service generated for the job over all its attempts (a cancel after audio
+arrived, retries that streamed audio, a failure after the stream finished all cost money). A refund gives the
+member and the server their quota back, never the operator's budget. A running job counts its estimate.
 
 Days are UTC days from the injected clock; a reservation is counted on the day its job was accepted.
 
@@ -106,12 +113,16 @@ class ServerUsage:
 
 @dataclass(frozen=True)
 class GlobalUsage:
+    """Today's use across every server. ``seconds_used``: audio delivered to members; ``billed_seconds``: what
+    DashScope billed (refunded jobs and retries included, running jobs at their estimate), which the budget counts."""
+
     day: date
     songs_used: int
     seconds_used: int
     seconds_limit: int | None
     seconds_left: int | None
     resets_at: datetime
+    billed_seconds: int = 0
 
 
 def next_utc_midnight(now: datetime) -> datetime:
@@ -174,9 +185,19 @@ class Policy:
                 self._check_access(ctx, settings)
                 await self._check_cooldown(tx, ctx, settings, now)
             await self._check_quotas(tx, ctx, settings, now, seconds)
+            retry = now + timedelta(seconds=max(60, ctx.estimated_seconds))
+            if ctx.guild_id is not None and await tx.waiting_jobs(ctx.guild_id) >= settings.max_queued:
+                raise PolicyRefusal(
+                    RefusalReason.QUEUE_FULL,
+                    f"This server already has {settings.max_queued} songs waiting in the queue; "
+                    f"try again {_relative(retry)}.",
+                    retry_at=_epoch(retry),
+                )
             if not queue_has_room():
                 raise PolicyRefusal(
-                    RefusalReason.QUEUE_FULL, "The song queue is full right now; please try again in a few minutes."
+                    RefusalReason.QUEUE_FULL,
+                    f"The song queue is full right now; try again {_relative(retry)}.",
+                    retry_at=_epoch(retry),
                 )
             job_id = await tx.insert_job(
                 guild_id=ctx.guild_id,
@@ -264,9 +285,9 @@ class Policy:
                 raise PolicyRefusal(RefusalReason.SERVER_MINUTES, message, retry_at=retry_at)
         budget = self._global_daily_seconds
         if budget is not None:
-            total = await tx.global_totals(day)
-            if total.seconds + seconds > budget:
-                left = max(0, budget - total.seconds)
+            billed = await tx.global_billed(day)
+            if billed + seconds > budget:
+                left = max(0, budget - billed)
                 message = (
                     f"The bot has used its music budget for today across all servers; it resets {_relative(resets)}."
                     if left == 0
@@ -275,17 +296,19 @@ class Policy:
                 )
                 raise PolicyRefusal(RefusalReason.GLOBAL_BUDGET, message, retry_at=retry_at)
 
-    async def settle(self, job_id: int, actual_seconds: float) -> bool:
-        """Commit a delivered job's real use (its estimate replaced by ``actual_seconds``, rounded up).
+    async def settle(self, job_id: int, actual_seconds: float, billed_seconds: float | None = None) -> bool:
+        """Commit a delivered job's real use (its estimate replaced by ``actual_seconds``, rounded up), and what
+        DashScope billed for it over all attempts (``billed_seconds``, default the same) on the operator's budget.
 
         False when there was nothing held (already settled, or refunded)."""
         async with self._store.write() as tx:
-            return await tx.settle(job_id, actual_seconds)
+            return await tx.settle(job_id, actual_seconds, billed_seconds)
 
-    async def refund(self, job_id: int) -> bool:
-        """Give back a job's song and seconds (failure, cancel, interruption). Idempotent: False the second time."""
+    async def refund(self, job_id: int, billed_seconds: float = 0) -> bool:
+        """Give back a job's song and seconds (failure, cancel, interruption) to the member and the server; what
+        DashScope billed (``billed_seconds``) stays on the operator's budget. Idempotent: False the second time."""
         async with self._store.write() as tx:
-            return await tx.refund(job_id)
+            return await tx.refund(job_id, billed_seconds)
 
     async def member_usage(self, guild_id: int | None, user_id: int) -> MemberUsage:
         """A member's use today in a server (or in DMs, ``guild_id`` None) and what is left."""
@@ -325,9 +348,10 @@ class Policy:
         day = utc_day(now)
         async with self._store.read() as tx:
             used = await tx.global_totals(day)
+            billed = await tx.global_billed(day)
         budget = self._global_daily_seconds
-        left = None if budget is None else max(0, budget - used.seconds)
-        return GlobalUsage(day, used.songs, used.seconds, budget, left, next_utc_midnight(now))
+        left = None if budget is None else max(0, budget - billed)
+        return GlobalUsage(day, used.songs, used.seconds, budget, left, next_utc_midnight(now), billed)
 
     async def cooldown_ends(self, guild_id: int, user_id: int) -> datetime | None:
         """When this member's cooldown in a server ends, or None when they are not on cooldown."""

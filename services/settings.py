@@ -61,7 +61,7 @@ class Settings:
     discord_gateway_url: str | None = None
     database_url: str = "sqlite+aiosqlite:///data/songbot.db"
     max_concurrent_generations: int = 2
-    queue_size: int = 20
+    queue_size: int = 500  # songs waiting in this process, all servers together; each server has max_queued too
     global_daily_seconds: int | None = None
     estimated_song_seconds: int = 200
     defer_after_s: float = 0.15
@@ -204,7 +204,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
         discord_gateway_url=_url(env, "DISCORD_GATEWAY_URL", None, ("ws", "wss")),
         database_url=database_url,
         max_concurrent_generations=_int_required(_int(env, "MAX_CONCURRENT_GENERATIONS", 2, 1, 64)),
-        queue_size=_int_required(_int(env, "SONGBOT_QUEUE_SIZE", 20, 1, 1000)),
+        queue_size=_int_required(_int(env, "SONGBOT_QUEUE_SIZE", 500, 1, 100_000)),
         global_daily_seconds=_int(env, "SONGBOT_GLOBAL_DAILY_SECONDS", None, 0, 10_000_000),
         defer_after_s=_float(env, "SONGBOT_DEFER_AFTER", 0.15, 0.0, 2.5),
         estimated_song_seconds=_int_required(_int(env, "SONGBOT_ESTIMATED_SONG_SECONDS", 200, 1, 3600)),

@@ -8,6 +8,7 @@ Discord makes that impossible, a clear log line), the job's terminal state and t
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -263,3 +264,44 @@ async def test_gateway_drop_and_resume_mid_job_still_delivers(tmp_path: Path) ->
         h.sim.scenario = song()
         again = await h.song({"prompt": PROMPT})
         assert audio_of(await h.wait_final(again))
+
+
+# --- the network fails mid-upload ----------------------------------------------------------------------------
+
+CHANNEL_POST = r"/channels/\d+/messages$"
+
+
+async def test_connection_dropped_mid_upload_moves_down_the_ladder_to_the_dm(tmp_path: Path) -> None:
+    """Every edit of @original and the channel post lose their connection mid-upload (no HTTP answer at all):
+    each route catches the network error and the song arrives by DM, delivered and counted once."""
+    async with running_bot(tmp_path, scenario=song()) as h:
+        iid = await h.song({"prompt": PROMPT})
+        await h.fake.wait_for_callback(iid)
+        h.fake.drop_next("PATCH", ORIGINAL, times=None)
+        channel = h.fake.channel.id
+        h.fake.drop_next("POST", rf"/channels/{channel}/messages$")
+        job = await delivered(h)
+        (dm,) = h.fake.dms(h.fake.user)
+        assert audio_of(dm) and dm.content.startswith(f"<@{h.fake.user.id}>")
+        assert job.message_id == dm.id
+        assert "could not edit in the result (network" in h.logs.text
+        assert "could not deliver by channel" in h.logs.text
+
+
+async def test_every_upload_dropped_still_posts_the_download_link(tmp_path: Path) -> None:
+    """No upload gets through anywhere (the original, the channel, the DM all drop the connection): the last
+    route is the download link, posted as a follow-up (here it replaces the "thinking…" message, which no progress
+    edit reached); the member sees it, and the job is delivered, not refunded."""
+    async with running_bot(tmp_path, scenario=song()) as h:
+        iid = await h.song({"prompt": PROMPT})
+        await h.fake.wait_for_callback(iid)
+        h.fake.drop_next("PATCH", ORIGINAL, times=None)
+        h.fake.drop_next("POST", CHANNEL_POST, times=None)
+        job = await delivered(h)
+        link = h.fake.message(job.message_id)
+        assert "/oss/" in link.content and "download it" in link.content and "<t:" in link.content
+        assert not link.attachments and not link.ephemeral and not link.loading and not link.deleted
+        assert [r.status for r in h.fake.find_requests("POST", r"/webhooks/")] == [200]
+        assert "could not deliver by dm" in h.logs.text
+        drops = [r for r in h.fake.requests if r.dropped and r.method == "POST" and re.search(CHANNEL_POST, r.path)]
+        assert len(drops) == 2  # the channel and the DM were both tried

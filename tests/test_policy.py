@@ -203,11 +203,13 @@ async def test_global_budget_spans_servers_and_dms(store: Store, clock: FakeCloc
     assert (usage.songs_used, usage.seconds_used, usage.seconds_limit, usage.seconds_left) == (4, 300, 300, 0)
 
 
-async def test_queue_full_is_last_and_writes_nothing(store: Store, policy: Policy) -> None:
+async def test_queue_full_is_last_and_writes_nothing(store: Store, policy: Policy, clock: FakeClock) -> None:
     refused = await refusal(policy, ctx(), queue=no_room)
-    assert (refused.reason, refused.user_message) == (
+    retry = int(clock.now().timestamp()) + 60  # about one song's generation (the estimate, at least a minute)
+    assert (refused.reason, refused.retry_at, refused.user_message) == (
         RefusalReason.QUEUE_FULL,
-        "The song queue is full right now; please try again in a few minutes.",
+        retry,
+        f"The song queue is full right now; try again <t:{retry}:R>.",
     )
     assert await usage_of(store) == Totals(0, 0)
     assert await store.history(MEMBER) == []
@@ -461,11 +463,14 @@ async def test_delete_member_data_keeps_quotas_but_not_the_member(store: Store, 
     await admit(policy, ctx(user=MEMBER + 1, seconds=40))
 
     assert await store.delete_member_data(MEMBER) == 2
-    assert await store.history(MEMBER) == []
-    for job_id in (first.job_id, running.job_id):
-        job = await store.get_job(job_id)
-        assert job is not None
-        assert (job.user_id, job.prompt, job.lyrics, job.options, job.url) == (None, None, None, {}, None)
+    # the finished job is anonymised at once; the running one keeps only its owner (Cancel checks it) until it ends
+    assert [j.id for j in await store.history(MEMBER)] == [running.job_id]
+    job = await store.get_job(first.job_id)
+    assert job is not None
+    assert (job.user_id, job.prompt, job.lyrics, job.options, job.url) == (None, None, None, {}, None)
+    job = await store.get_job(running.job_id)
+    assert job is not None
+    assert (job.user_id, job.prompt, job.lyrics, job.options, job.url) == (MEMBER, None, None, {}, None)
     assert [e.actor_id for e in await store.audit_log(GUILD) if e.key == "channels"] == [None]
 
     # The counts stay (anonymised): the server's totals and the member's own quota still hold.
@@ -474,9 +479,105 @@ async def test_delete_member_data_keeps_quotas_but_not_the_member(store: Store, 
     assert [m.user_id for m in server.top] == [MEMBER + 1]
     assert (await policy.member_usage(GUILD, MEMBER)).songs_used == 2
     assert (await refusal(policy, ctx())).reason == RefusalReason.MEMBER_QUOTA
-    # A job in flight at deletion still finishes and settles.
+    # A job in flight at deletion still finishes and settles; what it stores on the way is not kept, and once it
+    # ends its owner id is erased too.
+    await store.transition(running.job_id, JobStatus.PROCESSING, url="https://x/2.mp3", duration_s=35.0)
+    job = await store.get_job(running.job_id)
+    assert job is not None and (job.user_id, job.url) == (MEMBER, None)
     await store.transition(running.job_id, JobStatus.DELIVERED)
     assert await policy.settle(running.job_id, 35) is True
     assert (await policy.member_usage(GUILD, MEMBER)).seconds_used == 75
+    job = await store.get_job(running.job_id)
+    assert job is not None and (job.user_id, job.prompt, job.url, job.duration_s) == (None, None, None, 35.0)
+    assert await store.history(MEMBER) == []
     other = await store.history(MEMBER + 1)
     assert len(other) == 1 and other[0].prompt == "a song"
+
+
+# --- what DashScope billed, and each server's queue -------------------------------------------------------------
+
+
+async def test_global_budget_counts_what_was_billed_not_what_was_delivered(store: Store, clock: FakeClock) -> None:
+    """A cancel after audio arrived (40 s streamed), a delivered song whose first attempt streamed 30 s before it
+    broke (50 s song), and a job cancelled while queued (nothing streamed): the members got their quotas back
+    where they got no song, but the operator's budget holds every billed second (40 + 30 + 50)."""
+    policy = Policy(store, clock, global_daily_seconds=300)
+    await relax(store)
+    cancelled = await admit(policy, ctx(user=1, seconds=100))
+    delivered = await admit(policy, ctx(user=2, seconds=100))
+    queued = await admit(policy, ctx(user=3, guild=None, seconds=100))
+    assert (await policy.global_usage()).billed_seconds == 300  # running jobs count their estimate
+    assert await policy.refund(cancelled.job_id, billed_seconds=39.2) is True
+    assert await policy.settle(delivered.job_id, 50, billed_seconds=80) is True
+    assert await policy.refund(queued.job_id) is True
+    assert await policy.refund(cancelled.job_id, billed_seconds=99) is False  # idempotent: nothing changes
+    usage = await policy.global_usage()
+    assert (usage.songs_used, usage.seconds_used, usage.billed_seconds, usage.seconds_left) == (1, 50, 120, 180)
+    assert await usage_of(store, user=1) == Totals(0, 0)
+    assert await usage_of(store, user=3, guild=DM_GUILD) == Totals(0, 0)
+    refused = await refusal(policy, ctx(user=4, seconds=181))
+    assert refused.reason == RefusalReason.GLOBAL_BUDGET and "only 3 minutes of music left" in refused.user_message
+    await admit(policy, ctx(user=4, seconds=180))
+
+
+async def test_recovery_keeps_a_cautious_billed_figure(db_target: DbTarget, clock: FakeClock) -> None:
+    """After a crash nobody knows what was billed: a song that had arrived counts its length, one that was
+    generating its estimate, one still queued nothing; the members' quotas are all refunded."""
+    first = await db_target.open(clock)
+    policy = Policy(first, clock, global_daily_seconds=None)
+    await relax(first)
+    arrived = await admit(policy, ctx(user=1, seconds=60))
+    await first.transition(arrived.job_id, JobStatus.PROCESSING, duration_s=41.5)
+    generating = await admit(policy, ctx(user=2, seconds=60))
+    await first.transition(generating.job_id, JobStatus.GENERATING)
+    queued = await admit(policy, ctx(user=3, seconds=60))
+    await first.transition(queued.job_id, JobStatus.QUEUED)
+    await first.close()
+    second = await db_target.open(clock)
+    try:
+        assert len(await second.recover_interrupted()) == 3
+        async with second.read() as tx:
+            billed = [(await tx.reservation(a.job_id)).billed_seconds for a in (arrived, generating, queued)]
+        assert billed == [42, 60, 0]
+        usage = await Policy(second, clock, global_daily_seconds=None).global_usage()
+        assert (usage.songs_used, usage.billed_seconds) == (0, 102)
+    finally:
+        await second.close()
+
+
+async def test_recovery_keeps_a_song_whose_delivered_write_was_lost(db_target: DbTarget, clock: FakeClock) -> None:
+    """The song was posted and its quota settled, but the process died before "delivered" was written: at start
+    it is marked delivered, not interrupted, and the member's quota is not refunded."""
+    first = await db_target.open(clock)
+    policy = Policy(first, clock, global_daily_seconds=None)
+    await relax(first)
+    posted = await admit(policy, ctx(user=1, seconds=60))
+    await first.transition(posted.job_id, JobStatus.DELIVERING, duration_s=40.0)
+    await policy.settle(posted.job_id, 40.0)
+    await first.close()
+    second = await db_target.open(clock)
+    try:
+        assert await second.recover_interrupted() == []
+        job = await second.get_job(posted.job_id)
+        assert job is not None and job.status == JobStatus.DELIVERED
+        assert await usage_of(second, user=1) == Totals(1, 40)
+    finally:
+        await second.close()
+
+
+async def test_each_server_bounds_its_own_queue_and_says_when_to_try_again(
+    store: Store, policy: Policy, clock: FakeClock
+) -> None:
+    """max_queued counts the server's jobs admitted but not started (rows, so every process agrees); a full
+    server refuses with a retry time, other servers and DMs are not affected, and a job starting frees a place."""
+    await relax(store, max_queued=2)
+    first = await admit(policy, ctx(user=1, seconds=200))
+    await admit(policy, ctx(user=2, seconds=200))
+    refused = await refusal(policy, ctx(user=3, seconds=200))
+    retry = int(clock.now().timestamp()) + 200
+    assert (refused.reason, refused.retry_at) == (RefusalReason.QUEUE_FULL, retry)
+    assert refused.user_message == f"This server already has 2 songs waiting in the queue; try again <t:{retry}:R>."
+    await admit(policy, ctx(user=3, guild=GUILD + 1))
+    await admit(policy, ctx(user=3, guild=None))
+    await store.transition(first.job_id, JobStatus.GENERATING)
+    await admit(policy, ctx(user=3, seconds=200))

@@ -13,7 +13,7 @@ from services.guild_settings import DEFAULTS, SCALAR_NAMES, SETTINGS, SPECS, Gui
 from services.store import JobStateError, JobStatus, Store
 from services.store.engine import Database
 from services.store.migrations import LATEST, MIGRATIONS
-from services.store.schema import metadata
+from services.store.schema import metadata, schema_version
 from tests.store_fixtures import DbTarget, clock_fixture, db_target_fixture, store_fixture  # noqa: F401
 
 GUILD = 111
@@ -28,6 +28,7 @@ CASES: dict[str, tuple[object, object, str]] = {
     "server_daily_songs": (500, -1, "server_daily_songs must be between 0 and 100000 songs; got -1."),
     "server_daily_minutes": (30, 100001, "server_daily_minutes must be between 0 and 100000 minutes; got 100001."),
     "max_concurrent": (5, 0, "max_concurrent must be between 1 and 20 songs; got 0."),
+    "max_queued": (100, 0, "max_queued must be between 1 and 1000 songs; got 0."),
     "default_voice": ("male", "robot", "default_voice must be one of female, male; got 'robot'."),
     "default_format": ("ogg", "flac", "default_format must be one of mp3, wav, ogg; got 'flac'."),
     "watermark": ("never", "sometimes", "watermark must be one of always, never, member; got 'sometimes'."),
@@ -355,3 +356,48 @@ def test_stored_values_that_no_longer_validate_fall_back_to_defaults(caplog: pyt
     assert settings == GuildSettings(watermark="never")
     assert "cooldown must be between 0 and 86400" in caplog.text
     assert "'colour'" in caplog.text
+
+
+async def test_version_1_database_is_upgraded_keeping_what_was_billed(db_target: DbTarget, clock: FakeClock) -> None:
+    """A database songbot's version 1 built, with a delivered (committed) and a refunded job, opened by this
+    songbot: migrated to version 2 in place; the committed job's seconds become its billed seconds, the refunded
+    one's nothing, and the jobs are not marked for erasure."""
+    from services.store.migrations import MIGRATIONS
+
+    db = await Database.connect(db_target.url, search_path=db_target.search_path)
+    try:
+        async with db.write() as conn:
+            await conn.run_sync(lambda sync: schema_version.create(sync))
+            await conn.run_sync(MIGRATIONS[0].upgrade)
+            now = clock.now().replace(tzinfo=None)
+            await conn.execute(
+                sa.text("INSERT INTO schema_version (version, name, applied_at) VALUES (1, 'initial', :at)"),
+                {"at": now},
+            )
+            for job_id, state in ((1, "committed"), (2, "refunded")):
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO jobs (id, guild_id, channel_id, user_id, member_key, status, created_at, "
+                        "updated_at) VALUES (:id, 1, 2, 3, 'k', 'delivered', :at, :at)"
+                    ),
+                    {"id": job_id, "at": now},
+                )
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO reservations (job_id, guild_id, member_key, day, songs, seconds, state, "
+                        "updated_at) VALUES (:id, 1, 'k', :day, 1, 45, :state, :at)"
+                    ),
+                    {"id": job_id, "day": now.date(), "state": state, "at": now},
+                )
+    finally:
+        await db.dispose()
+    store = await db_target.open(clock)
+    try:
+        assert await store.schema_version() == LATEST
+        async with store.read() as tx:
+            assert [(await tx.reservation(i)).billed_seconds for i in (1, 2)] == [45, 0]
+            erase = await tx.conn.scalar(sa.text("SELECT count(*) FROM jobs WHERE erase_on_finish"))
+            assert erase == 0
+            assert await tx.global_billed(now.date()) == 45
+    finally:
+        await store.close()

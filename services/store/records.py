@@ -145,3 +145,4 @@ class Reservation:
     songs: int
     seconds: int
     state: ReservationState
+    billed_seconds: int = 0  # what DashScope billed for the job (the operator's budget), refunded or not

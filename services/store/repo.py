@@ -43,6 +43,10 @@ _TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
 #: Jobs in these states do not hold a cooldown: the member got nothing, through no choice of theirs.
 NO_COOLDOWN_STATUSES = (JobStatus.FAILED.value, JobStatus.INTERRUPTED.value)
 DM_GUILD = 0
+#: Jobs waiting for a generation slot (admitted, not started): what a server's queue bound counts.
+WAITING_STATUSES = (JobStatus.ACCEPTED.value, JobStatus.QUEUED.value)
+#: What a member's data deletion erases from a job (the owner id too, but only once the job has ended).
+_ERASED_TEXT: dict[str, object] = {"prompt": None, "lyrics": None, "options": None, "url": None, "url_expires_at": None}
 
 
 def _dumps(value: object) -> str:
@@ -236,6 +240,12 @@ class Tx:
         if status.terminal:
             values["finished_at"] = now
             values["interaction_token"] = None  # only a running job's message is edited after a restart
+        if await self.conn.scalar(sa.select(jobs.c.erase_on_finish).where(jobs.c.id == job_id)):
+            # the member deleted their data while this job ran: store none of it again, and at the end drop the
+            # owner id that Cancel needed until now
+            values.update(_ERASED_TEXT)
+            if status.terminal:
+                values["user_id"] = None
         _fit_job_columns(job_id, values)
         await self.conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
         updated = await self.job(job_id)
@@ -298,6 +308,35 @@ class Tx:
     async def global_totals(self, day: date) -> Totals:
         return await self._totals(usage.c.day == day)
 
+    async def global_billed(self, day: date) -> int:
+        """Seconds of audio DashScope billed for jobs accepted on ``day``, all servers and DMs, refunded or not;
+        a job still running counts its reserved estimate (so concurrent jobs cannot overspend the budget)."""
+        spent = sa.case(
+            (reservations.c.state == ReservationState.HELD.value, reservations.c.seconds),
+            else_=reservations.c.billed_seconds,
+        )
+        value = await self.conn.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(spent), 0)).where(reservations.c.day == day)
+        )
+        return int(value or 0)
+
+    async def waiting_jobs(self, guild_id: int | None) -> int:
+        """A server's jobs admitted but not yet started (its queue), on every process sharing the database."""
+        guild = jobs.c.guild_id.is_(None) if guild_id is None else jobs.c.guild_id == guild_id
+        value = await self.conn.scalar(
+            sa.select(sa.func.count()).select_from(jobs).where(guild, jobs.c.status.in_(WAITING_STATUSES))
+        )
+        return int(value or 0)
+
+    async def jobs_by_status(self) -> dict[str, int]:
+        """How many jobs are in each unfinished state now, on every process sharing the database (for metrics)."""
+        result = await self.conn.execute(
+            sa.select(jobs.c.status, sa.func.count())
+            .where(jobs.c.status.not_in(_TERMINAL_VALUES))
+            .group_by(jobs.c.status)
+        )
+        return {str(status): int(count) for status, count in result}
+
     async def top_members(self, guild_id: int, day: date, limit: int) -> list[MemberTotals]:
         """The members who made the most songs in a server on a day (members who deleted their data excluded)."""
         songs = sa.func.sum(usage.c.songs).label("songs")
@@ -355,35 +394,42 @@ class Tx:
             songs=row.songs,
             seconds=row.seconds,
             state=ReservationState(row.state),
+            billed_seconds=row.billed_seconds,
         )
 
-    async def _set_reservation(self, job_id: int, state: ReservationState, seconds: int) -> None:
+    async def _set_reservation(self, job_id: int, state: ReservationState, seconds: int, billed: int) -> None:
         await self.conn.execute(
             reservations.update()
             .where(reservations.c.job_id == job_id)
-            .values(state=state.value, seconds=seconds, updated_at=self.clock.now())
+            .values(state=state.value, seconds=seconds, billed_seconds=billed, updated_at=self.clock.now())
         )
 
-    async def settle(self, job_id: int, actual_seconds: float) -> bool:
+    async def settle(self, job_id: int, actual_seconds: float, billed_seconds: float | None = None) -> bool:
         """Turn a held reservation into real use, replacing the estimated seconds with the actual ones.
 
-        Counted on the day the job was accepted. False (and no change) when it was already settled or refunded.
+        ``billed_seconds``: what DashScope billed for the job over all its attempts (default: ``actual_seconds``),
+        for the operator's budget. Counted on the day the job was accepted. False (and no change) when it was
+        already settled or refunded.
         """
         held = await self.reservation(job_id)
         if held is None or held.state is not ReservationState.HELD:
             return False
         actual = whole_seconds(actual_seconds)
+        billed = max(actual, whole_seconds(billed_seconds)) if billed_seconds is not None else actual
         await self._add_usage(held.guild_id, held.member_key, held.day, None, 0, actual - held.seconds)
-        await self._set_reservation(job_id, ReservationState.COMMITTED, actual)
+        await self._set_reservation(job_id, ReservationState.COMMITTED, actual, billed)
         return True
 
-    async def refund(self, job_id: int) -> bool:
-        """Give back what a job reserved (or committed). Idempotent: False when there is nothing to give back."""
+    async def refund(self, job_id: int, billed_seconds: float = 0) -> bool:
+        """Give back what a job reserved (or committed) to the member's and the server's quotas. What DashScope
+        billed for it (``billed_seconds``) stays on the operator's budget. Idempotent: False when there is nothing
+        to give back."""
         held = await self.reservation(job_id)
         if held is None or held.state is ReservationState.REFUNDED:
             return False
+        billed = max(held.billed_seconds, whole_seconds(billed_seconds))
         await self._add_usage(held.guild_id, held.member_key, held.day, None, -held.songs, -held.seconds)
-        await self._set_reservation(job_id, ReservationState.REFUNDED, held.seconds)
+        await self._set_reservation(job_id, ReservationState.REFUNDED, held.seconds, billed)
         return True
 
     # --- privacy --------------------------------------------------------------------------------------------
@@ -407,17 +453,23 @@ class Tx:
         return {int(row[0]) for row in result}
 
     async def delete_member_data(self, user_id: int) -> int:
+        """Erase a member's text from every job of theirs. A job still running keeps its owner id until it ends
+        (Cancel checks it), marked ``erase_on_finish`` so that :meth:`transition` erases the id then."""
+        mine = jobs.c.user_id == user_id
         scrubbed = await self.conn.execute(
+            jobs.update().where(mine, jobs.c.status.in_(_TERMINAL_VALUES)).values(user_id=None, **_ERASED_TEXT)
+        )
+        running = await self.conn.execute(
             jobs.update()
-            .where(jobs.c.user_id == user_id)
-            .values(user_id=None, prompt=None, lyrics=None, options=None, url=None, url_expires_at=None)
+            .where(mine, jobs.c.status.not_in(_TERMINAL_VALUES))
+            .values(erase_on_finish=True, **_ERASED_TEXT)
         )
         await self.conn.execute(usage.update().where(usage.c.user_id == user_id).values(user_id=None))
         await self.conn.execute(audit_log.update().where(audit_log.c.actor_id == user_id).values(actor_id=None))
         await self.conn.execute(
             guild_settings.update().where(guild_settings.c.updated_by == user_id).values(updated_by=None)
         )
-        return int(scrubbed.rowcount)
+        return int(scrubbed.rowcount) + int(running.rowcount)
 
 
 async def load_salt(conn: AsyncConnection) -> str:

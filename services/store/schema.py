@@ -98,10 +98,14 @@ jobs = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime, nullable=True),
-    sa.Column("interaction_token", sa.Text, nullable=True),  # while the job runs: to edit its message after a restart
+    # the member deleted their data while the job ran: its owner id is erased when it ends (v2)
+    sa.Column("erase_on_finish", sa.Boolean, nullable=False, server_default=sa.false()),
+    # while the job runs: its interaction token, to edit its message after a restart (v3)
+    sa.Column("interaction_token", sa.Text, nullable=True),
     sa.Index("ix_jobs_user_created", "user_id", "created_at"),
     sa.Index("ix_jobs_member_created", "guild_id", "member_key", "created_at"),
     sa.Index("ix_jobs_status", "status"),
+    sa.Index("ix_jobs_guild_status", "guild_id", "status"),
 )
 
 usage = sa.Table(
@@ -127,4 +131,6 @@ reservations = sa.Table(
     sa.Column("seconds", sa.Integer, nullable=False),
     sa.Column("state", sa.String(20), nullable=False),  # held / committed / refunded
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # what DashScope billed for the job over all its attempts, refunded or not; 0 while held (v2)
+    sa.Column("billed_seconds", sa.Integer, nullable=False, server_default="0"),
 )

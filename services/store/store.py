@@ -7,8 +7,9 @@ nothing writes none).
 What is stored about a member, and what :meth:`Store.delete_member_data` does with it:
 
 * jobs: their prompt, lyrics and options, the result message and audio url, the status and timestamps. Deletion
-  scrubs the member's id, prompt, lyrics, options and url from every job of theirs (the rows stay, anonymised, so
-  a job still running finishes cleanly and the server's history of counts stays right).
+  scrubs the prompt, lyrics, options and url from every job of theirs, and the member's id from every finished one
+  (the rows stay, anonymised, so the server's history of counts stays right). A job still running keeps the id,
+  which its Cancel button's owner check needs, until it ends; then it is erased too (``erase_on_finish``).
 * usage per server, member and UTC day. Rows are keyed by a *member key*, an HMAC-SHA256 of the member id with a
   random salt kept in this database; the plain id is kept beside it only for ``/songusage``'s top members.
   Deletion removes the plain id and keeps the counts under the member key, so the server's quotas *and the
@@ -29,7 +30,7 @@ from services.clock import Clock
 from services.guild_settings import DEFAULTS, GuildSettings, validate_setting
 from services.store.engine import Database
 from services.store.migrations import current_version, migrate
-from services.store.records import AuditEntry, JobRecord, JobStatus, JobUpdate
+from services.store.records import AuditEntry, JobRecord, JobStatus, JobUpdate, ReservationState
 from services.store.repo import Tx, load_salt
 
 SettingsChange = tuple[GuildSettings, GuildSettings]
@@ -184,13 +185,30 @@ class Store:
 
     async def recover_interrupted(self) -> list[JobRecord]:
         """At start-up: mark every unfinished job interrupted and refund its quota; returns them (now interrupted,
-        each with the interaction token it had, which the database no longer keeps) so the bot can tell members."""
+        each with the interaction token it had, which the database no longer keeps) so the bot can tell members.
+
+        What DashScope billed for them is not known after a crash; the operator's budget keeps a cautious figure:
+        the song's length once it had arrived (processing or later), the estimate while it was generating (the
+        audio may have been paid for), nothing while it was only queued.
+
+        A job whose quota was already settled had its song posted (settling follows a delivery), only the
+        "delivered" write was lost: it is marked delivered, never refunded, and not returned."""
         async with self.write() as tx:
             recovered = []
             for job in await tx.unfinished_jobs():
+                held = await tx.reservation(job.id)
+                if held is not None and held.state is ReservationState.COMMITTED:
+                    await tx.transition(job.id, JobStatus.DELIVERED, {})
+                    continue
+                if job.duration_s is not None:
+                    billed = job.duration_s
+                elif job.status is JobStatus.GENERATING and held is not None:
+                    billed = float(held.seconds)
+                else:
+                    billed = 0.0
                 ended = await tx.transition(job.id, JobStatus.INTERRUPTED, {})
                 recovered.append(replace(ended, interaction_token=job.interaction_token))
-                await tx.refund(job.id)
+                await tx.refund(job.id, billed_seconds=billed)
             return recovered
 
     async def history(self, user_id: int, guild_id: int | None = None, limit: int = 10) -> list[JobRecord]:
@@ -205,6 +223,10 @@ class Store:
         cutoff = self.clock.now() - timedelta(days=retention_days)
         async with self.write() as tx:
             return await tx.erase_text_before(cutoff)
+
+    async def jobs_by_status(self) -> dict[str, int]:
+        async with self.read() as tx:
+            return await tx.jobs_by_status()
 
     async def running_job_ids(self, job_ids: list[int]) -> set[int]:
         async with self.read() as tx:

@@ -691,6 +691,13 @@ class FakeDiscord:
         self.state.faults.append(fault)
         return fault
 
+    def drop_next(self, method: str, path: str, *, times: int | None = 1) -> Fault:
+        """Cut the connection of the next `times` requests (None: all) matching `method` and the `path` regex
+        mid-upload, with no answer: what a server disconnect or a connection reset looks like to the client."""
+        fault = Fault(method, re.compile(path), None, 0, "", times, 0.0, False, True, 0.0, drop=True)
+        self.state.faults.append(fault)
+        return fault
+
     def slow_next(self, method: str, path: str, delay: float, *, times: int | None = 1) -> Fault:
         """Answer the next matching requests normally, but only after `delay` seconds."""
         fault = Fault(method, re.compile(path), None, 0, "", times, 0.0, False, True, delay)

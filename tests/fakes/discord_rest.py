@@ -152,6 +152,7 @@ class Recorded:
     at: float
     status: int = 0
     response: Any = None
+    dropped: bool = False  # the connection was cut mid-upload (drop_next): no status, no answer
 
     @property
     def code(self) -> int | None:
@@ -417,6 +418,7 @@ class Fault:
     via: bool
     delay: float
     hits: int = 0
+    drop: bool = False  # close the connection mid-upload, after the first bytes of the body, with no answer
 
     def matches(self, method: str, path: str) -> bool:
         live = self.remaining is None or self.remaining > 0
@@ -836,6 +838,9 @@ class RestApi:
             at=time.monotonic(),
         )
         state.requests.append(rec)
+        dropping = next((f for f in state.faults if f.drop and f.matches(rec.method, rec.path)), None)
+        if dropping is not None:
+            return await self._drop(request, rec, dropping)
         try:
             rec.json, rec.files = await read_body(request)
             token_ok = scheme == "Bot" and (state.token is None or hmac.compare_digest(secret, state.token))
@@ -854,9 +859,23 @@ class RestApi:
         data = json.dumps(body).encode()
         return web.Response(status=status, body=data, headers={hdrs.CONTENT_TYPE: JSON_TYPE, **extra})
 
+    async def _drop(self, request: web.Request, rec: Recorded, fault: Fault) -> web.StreamResponse:
+        """The network fails mid-upload: read the first bytes of the body, then reset the connection unanswered
+        (the client sees a server disconnect or a connection reset, never an HTTP status)."""
+        fault.hits += 1
+        if fault.remaining is not None:
+            fault.remaining -= 1
+        await request.content.readany()
+        rec.dropped = True
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        await self.state.touch()
+        raise asyncio.CancelledError  # nothing can be answered on a closed connection
+
     async def _respond(self, call: Call, token_ok: bool) -> Reply:
         rec = call.rec
-        fault = next((f for f in self.state.faults if f.matches(rec.method, rec.path)), None)
+        fault = next((f for f in self.state.faults if not f.drop and f.matches(rec.method, rec.path)), None)
         if fault is not None:
             fault.hits += 1
             if fault.remaining is not None:

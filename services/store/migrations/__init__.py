@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.errors import ConfigError
-from services.store.migrations import v0001_initial, v0002_interaction_token
+from services.store.migrations import v0001_initial, v0002_billing_and_erasure, v0003_interaction_token
 from services.store.schema import schema_version
 
 
@@ -30,7 +30,8 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, v0001_initial.NAME, v0001_initial.upgrade),
-    Migration(2, v0002_interaction_token.NAME, v0002_interaction_token.upgrade),
+    Migration(2, v0002_billing_and_erasure.NAME, v0002_billing_and_erasure.upgrade),
+    Migration(3, v0003_interaction_token.NAME, v0003_interaction_token.upgrade),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -1,4 +1,4 @@
-"""Version 2: a running job's interaction token, so a restart can edit the job's progress message in place.
+"""Version 3: a running job's interaction token, so a restart can edit the job's progress message in place.
 
 The token lets the bot edit the member's original response for 15 minutes after the command; the store clears it
 when the job ends. Frozen, like every migration.
