@@ -399,14 +399,7 @@ def run_demo_command(args: list[str]) -> int:
     simulator, narrated on the terminal (see :mod:`services.offline.demo`)."""
     import argparse
 
-    try:
-        from services.offline.demo import run_demo
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not exc.name.startswith("tests"):
-            raise
-        # an installed wheel ships no tests/, and the demo's offline Discord lives in tests/fakes
-        print("error: the demo runs from a checkout of songbot (git clone, then make demo).", file=sys.stderr)
-        return 2
+    from services.offline.demo import run_demo
 
     parser = argparse.ArgumentParser(prog="bot.py demo", description=run_demo_command.__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="where the songs are written")

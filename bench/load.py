@@ -1,7 +1,7 @@
 """Load benchmark (not a test): many members send /song at once to one bot process.
 
 The real ``SongBot``, started by its real start path (``bot.start``), against the offline Discord
-(``tests/fakes``) and the Fun-Music simulator, all three in this one process and on its one event loop: every
+(``services/offline``) and the Fun-Music simulator, all three in this one process and on its one event loop: every
 figure below is therefore pessimistic for the bot, since the fake's and the simulator's own work (multipart
 parsing, base64 encoding) lands on the same loop and the same two cores.
 
@@ -51,10 +51,10 @@ from aiohttp import web
 
 from bot import point_at_discord
 from services.logs import setup_logging
+from services.offline.discord import FakeDiscord, point_discord_py_at
 from services.settings import load_settings
 from services.simulator import FunMusicSimulator, Scenario, cached_audio
 from tests.e2e import TOKEN, Harness, LogCapture, e2e_env, started_bot
-from tests.fakes.discord import FakeDiscord, point_discord_py_at
 from tests.sim_fixtures import SIM_KEY
 
 CHUNK_BYTES = 16384
@@ -145,7 +145,17 @@ class Results:
     burst_profile: list[tuple[str, float]] = field(default_factory=list)
 
 
-PACKAGES = ("sqlalchemy", "aiosqlite", "greenlet", "discord", "aiohttp", "asyncio", "tests/fakes", "services", "cogs")
+PACKAGES = (
+    "sqlalchemy",
+    "aiosqlite",
+    "greenlet",
+    "discord",
+    "aiohttp",
+    "asyncio",
+    "services/offline",
+    "services",
+    "cogs",
+)
 
 
 def by_package(profiler: cProfile.Profile) -> list[tuple[str, float]]:

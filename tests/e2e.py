@@ -1,5 +1,5 @@
 """End-to-end harness: the real SongBot, started by its real start path (``bot.start``), against the offline
-Discord (tests/fakes) and the Fun-Music simulator, with a real SQLite file in tmp_path."""
+Discord (services/offline) and the Fun-Music simulator, with a real SQLite file in tmp_path."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 import discord
 
 from bot import SongBot, point_at_discord
+from services.offline.discord import FakeDiscord, point_discord_py_at
 from services.settings import Settings, load_settings
 from services.simulator import FunMusicSimulator, Scenario
-from tests.fakes.discord import FakeDiscord, point_discord_py_at
 from tests.sim_fixtures import SIM_KEY, running_simulator
 
 #: How every progress message of an accepted song starts (queued, generating, preparing, uploading).

@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from services.offline.discord import FakeDiscord
+from services.offline.payloads import MODERATOR_PERMISSIONS
 from services.simulator import Scenario
 from tests.e2e import TOKEN, Harness, assert_refunded, running_bot, switch_scenario_at, wait_for_job
-from tests.fakes.discord import FakeDiscord
-from tests.fakes.payloads import MODERATOR_PERMISSIONS
 
 PROMPT = "a calm piano ballad about the sea"
 EPHEMERAL = 64

@@ -21,10 +21,10 @@ from cogs._words import (
     REGENERATE_PRIVATE,
     SONG_NOT_HERE,
 )
+from services.offline.discord import FakeDiscord, StoredMessage
+from services.offline.payloads import MODERATOR_PERMISSIONS
 from services.simulator import Scenario
 from tests.e2e import TOKEN, Harness, error_id_of, running_bot, wait_for_job
-from tests.fakes.discord import FakeDiscord, StoredMessage
-from tests.fakes.payloads import MODERATOR_PERMISSIONS
 
 EPHEMERAL = 64
 PROMPT = "an upbeat summer folk song about a road trip"

@@ -7,10 +7,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from services.guild_settings import MAX_IDS, SPECS
+from services.offline.payloads import MODERATOR_PERMISSIONS
 from services.policy import RequestContext
 from services.simulator import Scenario
 from tests.e2e import Harness, running_bot
-from tests.fakes.payloads import MODERATOR_PERMISSIONS
 
 EPHEMERAL = 64
 PROMPT = "a calm piano ballad about the sea"

@@ -7,9 +7,9 @@ import itertools
 from pathlib import Path
 
 from services.ffmpeg import probe_audio
+from services.offline.payloads import BOT_PERMISSIONS, MODERATOR_PERMISSIONS, Perm
 from services.simulator import Scenario
 from tests.e2e import Harness, running_bot
-from tests.fakes.payloads import BOT_PERMISSIONS, MODERATOR_PERMISSIONS, Perm
 from tests.test_audio import read_tags
 
 EPHEMERAL = 64

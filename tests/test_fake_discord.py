@@ -17,8 +17,8 @@ import pytest
 from discord import app_commands, ui
 from discord.ext import commands
 
-from tests.fakes.discord import FakeDiscord, point_discord_py_at
-from tests.fakes.payloads import MODERATOR_PERMISSIONS, Perm, snowflake_seconds, time_snowflake
+from services.offline.discord import FakeDiscord, point_discord_py_at
+from services.offline.payloads import MODERATOR_PERMISSIONS, Perm, snowflake_seconds, time_snowflake
 
 TOKEN = "fake-bot-token-for-tests"
 PONG = bytes(range(256)) * 40

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from services.offline.discord_rest import StoredMessage
 from services.simulator import Scenario
 from tests.e2e import (
     Harness,
@@ -25,7 +26,6 @@ from tests.e2e import (
     switch_scenario_at,
     wait_for_job,
 )
-from tests.fakes.discord_rest import StoredMessage
 
 PROMPT = "a gentle acoustic song about rain on a tin roof"
 #: 5–199 words of lyrics make the request non-streaming: the audio then comes from a download url.

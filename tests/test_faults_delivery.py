@@ -13,9 +13,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from services.offline.discord_rest import StoredMessage
 from services.simulator import Scenario
 from tests.e2e import Harness, reservation_state, running_bot, wait_for_job
-from tests.fakes.discord_rest import StoredMessage
 
 PROMPT = "a slow jazz waltz about an old lighthouse keeper"
 ORIGINAL = r"/messages/@original$"

@@ -16,10 +16,10 @@ from typing import Any
 import discord
 
 from services.ffmpeg import probe_audio
+from services.offline.discord_rest import StoredAttachment, StoredMessage
+from services.offline.payloads import BOT_PERMISSIONS, Perm
 from services.simulator import Scenario
 from tests.e2e import Harness, assert_refunded, error_id_of, reservation_state, running_bot, wait_for_job
-from tests.fakes.discord_rest import StoredAttachment, StoredMessage
-from tests.fakes.payloads import BOT_PERMISSIONS, Perm
 
 PROMPT = "a slow jazz waltz about an old lighthouse keeper"
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from services.clock import SystemClock
+from services.offline.discord import FakeDiscord
 from services.simulator import Scenario
 from services.store import Store
 from tests.e2e import PROGRESS_MARKS, TOKEN, e2e_env, error_id_of, running_bot
-from tests.fakes.discord import FakeDiscord
 from tests.sim_fixtures import running_simulator
 
 ROOT = Path(__file__).resolve().parent.parent

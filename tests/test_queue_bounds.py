@@ -8,10 +8,10 @@ import asyncio
 import re
 from pathlib import Path
 
+from services.offline.discord import FakeDiscord
 from services.settings import load_settings
 from services.simulator import Scenario
 from tests.e2e import TOKEN, running_bot
-from tests.fakes.discord import FakeDiscord
 
 PROMPT = "an upbeat summer folk song about a road trip"
 #: Songs that take a while, so everything admitted in a burst is still queued when the test looks.

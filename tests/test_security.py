@@ -35,12 +35,12 @@ from services.funmusic.client import FunMusicClient
 from services.funmusic.request import GenerationRequest
 from services.guild_settings import DEFAULTS
 from services.logs import REDACTED, setup_logging
+from services.offline.discord_rest import Recorded
+from services.offline.payloads import MEMBER_PERMISSIONS, MODERATOR_PERMISSIONS, Perm
 from services.settings import Secret
 from services.simulator import FunMusicSimulator, Scenario
 from tests import sim_fixtures
 from tests.e2e import TOKEN, Harness, running_bot
-from tests.fakes.discord_rest import Recorded
-from tests.fakes.payloads import MEMBER_PERMISSIONS, MODERATOR_PERMISSIONS, Perm
 from tests.sim_fixtures import SIM_KEY, make_client
 from tests.watchdog import Findings, guarding, watching_loop
 

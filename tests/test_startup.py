@@ -14,11 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 from services.clock import FakeClock, SystemClock
+from services.offline.discord import FakeDiscord
 from services.store.engine import Database
 from services.store.migrations import LATEST, migrate, v0001_initial
 from services.store.schema import schema_version
 from tests.e2e import TOKEN, e2e_env
-from tests.fakes.discord import FakeDiscord
 from tests.sim_fixtures import SIM_KEY, running_simulator
 from tests.store_fixtures import DbTarget, db_target_fixture  # noqa: F401
 from tests.test_faults_process import ROOT, bot_process, child_env

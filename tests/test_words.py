@@ -32,10 +32,10 @@ from services.errors import InvalidInput, PolicyRefusal
 from services.funmusic.request import GenerationRequest, GenerationResult
 from services.guild_settings import DEFAULTS, MAX_IDS, SPECS, GuildSettings, validate_setting
 from services.jobs import PreparedSong
+from services.offline.discord_rest import DiscordError, Rules, check_components, check_embeds
 from services.policy import MemberUsage, ServerUsage
 from services.store import JobRecord, JobStatus, MemberTotals
 from services.text import clip, listing, plural
-from tests.fakes.discord_rest import DiscordError, Rules, check_components, check_embeds
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 #: What a member could put in a prompt to make escaping double it.

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from services.offline.discord import FakeDiscord, FakeUser, StoredMessage, point_discord_py_at
+from services.offline.payloads import MODERATOR_PERMISSIONS
 from services.settings import Settings, load_settings
 from services.simulator import FunMusicSimulator, Scenario
-from tests.fakes.discord import FakeDiscord, FakeUser, StoredMessage, point_discord_py_at
-from tests.fakes.payloads import MODERATOR_PERMISSIONS
 
 DEMO_TOKEN = "MTA5ODc2NTQzMjEwOTg3NjU0.demo00.offline-demo-token-not-a-real-discord-token"
 DEMO_KEY = "sk-demo-simulator-key"

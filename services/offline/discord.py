@@ -13,8 +13,8 @@ enforces Discord's rules, records every request and keeps what members would see
         await task
     await fake.close()
 
-The REST half lives in `tests/fakes/discord_rest.py` (rules, store, faults), the gateway in
-`tests/fakes/discord_gateway.py`, and payload shapes in `tests/fakes/payloads.py`.
+The REST half lives in `services/offline/discord_rest.py` (rules, store, faults), the gateway in
+`services/offline/discord_gateway.py`, and payload shapes in `services/offline/payloads.py`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from tests.fakes.discord_gateway import Gateway
-from tests.fakes.discord_rest import (
+from services.offline.discord_gateway import Gateway
+from services.offline.discord_rest import (
     Bucket,
     Callback,
     CommandSync,
@@ -42,7 +42,7 @@ from tests.fakes.discord_rest import (
     Rules,
     StoredMessage,
 )
-from tests.fakes.payloads import (
+from services.offline.payloads import (
     BOT_PERMISSIONS,
     DEFAULT_UPLOAD_LIMIT,
     MEMBER_PERMISSIONS,

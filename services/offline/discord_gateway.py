@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.fakes.discord_rest import DiscordState
-from tests.fakes.payloads import Json
+from services.offline.discord_rest import DiscordState
+from services.offline.payloads import Json
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, hdrs, web
 
-from tests.fakes.payloads import (
+from services.offline.payloads import (
     DEFAULT_UPLOAD_LIMIT,
     FakeChannel,
     FakeGuild,
