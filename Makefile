@@ -36,7 +36,7 @@ lint: $(DEVSTAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(DEVSTAMP)
-	$(BIN)/mypy services
+	$(BIN)/mypy services cogs bot.py
 
 pytest: $(DEVSTAMP)
 	$(BIN)/python -m pytest -q

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import discord
@@ -246,8 +246,9 @@ class SongBot(commands.Bot):
         webhook = discord.Webhook.partial(self.application_id, token, client=self)
         try:
             # "@original": the interaction's first response, as discord.py's own edit_original_response addresses it
+            # (its signature says int because every other message is addressed by id)
             await webhook.edit_message(
-                "@original", content=interrupted_in_place(), view=None, allowed_mentions=NO_PINGS
+                cast(int, "@original"), content=interrupted_in_place(), view=None, allowed_mentions=NO_PINGS
             )
         except discord.HTTPException as exc:
             log.info("could not edit the message of interrupted job %s (%s); posting a notice instead", job.id, exc)

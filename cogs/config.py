@@ -33,7 +33,7 @@ from services.policy import GlobalUsage, MemberUsage, ServerUsage
 from services.store import JobRecord
 
 if TYPE_CHECKING:
-    from bot import SongBot
+    from bot import Services, SongBot
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class ConfigCog(commands.Cog):
         self.bot = bot
 
     @property
-    def services(self) -> Any:
+    def services(self) -> Services:
         return self.bot.services
 
     async def _reply(

@@ -42,7 +42,7 @@ from services.policy import RefusalReason, RequestContext
 from services.store import JobRecord
 
 if TYPE_CHECKING:
-    from bot import SongBot
+    from bot import Services, SongBot
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +490,7 @@ class SongCog(commands.Cog):
         self._checking = 0
 
     @property
-    def services(self) -> Any:
+    def services(self) -> Services:
         return self.bot.services
 
     # --- /song ---------------------------------------------------------------------------------------------------

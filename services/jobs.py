@@ -18,14 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from services.audio import FitResult, Tags, fit, waveform_png
 from services.errors import CannotFit, ServiceError, SongbotError
 from services.funmusic.request import GenerationRequest, GenerationResult, Progress, ProgressCallback
 from services.logs import bind_log_context, log_context
 from services.metrics import Metrics
-from services.store.records import JobStateError
+from services.store.records import JobStateError, JobStatus, JobUpdate
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Generator(Protocol):
 
 
 class JobStore(Protocol):
-    async def transition(self, job_id: int, status: str, **fields: Any) -> object: ...
+    async def transition(self, job_id: int, status: JobStatus | str, **fields: Unpack[JobUpdate]) -> object: ...
 
 
 class Ledger(Protocol):
@@ -350,7 +350,7 @@ class JobManager:
             self._pump()
 
     # --- one job -------------------------------------------------------------------------------------------------
-    async def _set_stage(self, entry: _Entry, stage: str, **fields: object) -> None:
+    async def _set_stage(self, entry: _Entry, stage: str, **fields: Unpack[JobUpdate]) -> None:
         entry.stage = stage
         await self._store.transition(entry.spec.job_id, stage, **fields)
 
@@ -447,13 +447,10 @@ class JobManager:
         used = song.result.billed_seconds or round(song.result.duration_s)
         billed = entry.spend.billed(song.result)
         await self._bookkeep(job_id, "its quota use", lambda: self._ledger.settle(job_id, int(used), billed))
-        await self._bookkeep(
-            job_id,
-            "it as delivered",
-            lambda: self._store.transition(
-                job_id, "delivered", message_id=delivery.message_id, channel_id=delivery.channel_id
-            ),
-        )
+        where: JobUpdate = {"message_id": delivery.message_id}
+        if delivery.channel_id is not None:
+            where["channel_id"] = delivery.channel_id
+        await self._bookkeep(job_id, "it as delivered", lambda: self._store.transition(job_id, "delivered", **where))
 
     async def _bookkeep(self, job_id: int, what: str, write: Callable[[], Awaitable[object]]) -> bool:
         """One write after a delivery. It never fails the job: each failure is logged with an error id and the
@@ -508,7 +505,7 @@ class JobManager:
         await self._finish(entry, "failed", error_code=code, error_id=exc.error_id)
         await _quietly(entry.observer.failed(exc))
 
-    async def _finish(self, entry: _Entry, status: str, **fields: object) -> None:
+    async def _finish(self, entry: _Entry, status: str, **fields: Unpack[JobUpdate]) -> None:
         """Refund, then record the terminal state; shielded so a second cancel cannot leave it half-written."""
 
         self._metrics.song_ended(status)
