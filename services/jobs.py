@@ -426,7 +426,15 @@ async def prepare_song(spec: JobSpec, result: GenerationResult, job_dir: Path) -
             log.warning("job %s: no waveform picture", spec.job_id, exc_info=True)
             return None
 
-    audio, wave = await asyncio.gather(fitted(), picture())
+    fitting, drawing = asyncio.ensure_future(fitted()), asyncio.ensure_future(picture())
+    try:
+        audio, wave = await asyncio.gather(fitting, drawing)
+    finally:
+        # a cancel (shutdown) ends the gather as soon as one of them ends: wait for both, so that neither's ffmpeg
+        # outlives the job (its work dir is removed next)
+        fitting.cancel()
+        drawing.cancel()
+        await asyncio.wait((fitting, drawing))
     return PreparedSong(
         job_id=spec.job_id,
         result=result,
