@@ -9,7 +9,7 @@ would start. The store and the ledger are no-ops here: their writes are not what
 Timed: from the client parsing the event that carries ``finish_reason: "stop"`` to ``deliver`` being called.
 Compared, in the same run and interleaved with it: one plain ffmpeg CLI encode of the same WAV file to the rung
 the job landed on (``ffmpeg -i song.wav -c:a libmp3lame -b:a <rung>k out.mp3``), the floor the job has to beat.
-Also printed: the peak RSS growth of this process over a job (psutil, every 5 ms) against the decoded audio.
+Also printed: the peak RSS growth of this process over a job (psutil, every 20 ms) against the decoded audio.
 
     .venv/bin/python bench/after_last_byte.py [--duration 200] [--runs 7] [--max-bytes 10485760]
 """
@@ -111,7 +111,7 @@ class Observer:
 class RssSampler:
     """Peak resident memory of this process over a block, sampled from a thread."""
 
-    def __init__(self, interval_s: float = 0.005) -> None:
+    def __init__(self, interval_s: float = 0.02) -> None:
         self._proc = psutil.Process()
         self._interval_s = interval_s
         self._stop = threading.Event()

@@ -340,6 +340,7 @@ class Spawned:
 
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     encoder: threading.Event = field(default_factory=threading.Event)
+    waveform: threading.Event = field(default_factory=threading.Event)
 
     def reading(self, path: Path) -> list[subprocess.Popen[bytes]]:
         """The processes given ``path`` as an input: decodes of that file."""
@@ -371,6 +372,8 @@ def spawned(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFa
             record.procs.append(self)
             if any(codec in _argv(self) for codec in ("libmp3lame", "libopus")):
                 record.encoder.set()
+            if any("showwavespic" in arg for arg in _argv(self)):
+                record.waveform.set()
 
     monkeypatch.setattr(subprocess, "Popen", Recorded)
     system_tmp = tmp_path_factory.mktemp("system-tmp")
@@ -512,6 +515,7 @@ async def test_cancelling_prepare_song_stops_both_its_ffmpegs(tmp_path: Path, sp
     )
     task = asyncio.create_task(prepare_song(spec, result, src.parent))
     assert await asyncio.to_thread(spawned.encoder.wait, 60)
+    assert await asyncio.to_thread(spawned.waveform.wait, 60)  # it may start after the encoder
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
