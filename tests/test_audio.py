@@ -520,7 +520,8 @@ async def test_cancelling_prepare_song_stops_both_its_ffmpegs(tmp_path: Path, sp
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(spawned.reading(src)) == 1 and spawned.encoders()  # the waveform's and the fit's encoder ran
-    assert await _children() == set()  # and neither is running, nor left unreaped
+    left = await _children()  # neither is running, nor left unreaped
+    assert not left, (left, [(proc.pid, proc.returncode, _argv(proc)[-1]) for proc in spawned.procs])
     assert await _listdir(src.parent) == ["song.wav"]
 
 
