@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal, TypeVar
 
 from services.errors import CannotFit
-from services.ffmpeg import FfmpegError, ffmpeg_exe, run_ffmpeg
+from services.ffmpeg import PROBE_BYTES, FfmpegError, ffmpeg_exe, run_ffmpeg
 from services.wav import find_data_chunk, fix_sizes
 
 with warnings.catch_warnings():
@@ -208,6 +208,10 @@ async def waveform_png(
     png = await run_ffmpeg(
         "-loglevel",
         "error",
+        # the stream's parameters are in the first bytes; probing the default 5 MB cost a third of the picture's
+        # CPU on a 200 s WAV (bench/after_last_byte.py, where it competes with the fit's encoder), same picture
+        "-probesize",
+        str(PROBE_BYTES),
         "-i",
         f"file:{src}",
         "-filter_complex",
