@@ -69,8 +69,8 @@ LADDERS: dict[str, tuple[int, ...]] = {"mp3": MP3_LADDER, "ogg": OGG_LADDER}
 DEFAULT_KBPS: dict[str, int] = {"mp3": 192, "ogg": 128}
 
 # Before encoding a rung, its size is predicted and a rung predicted over the limit is skipped, so usually only
-# the rung that fits is encoded. mp3 is CBR: its size is known in advance (see _base_size: the frames, two frames
-# of encoder delay and padding, the Xing frame, and our ID3 tag), so its factor is 1. Opus is VBR and came out
+# the rung that fits is encoded. mp3 is CBR: its size is known in advance (the samples' frames, the overhead
+# below, and our ID3 tag; ``base_size`` in _fit_sync), so its factor is 1. Opus is VBR and came out
 # between 0.85x and 1.4x of duration * bitrate / 8 on test music, so its factor is lower (skipping a rung that
 # would have fitted costs quality). After a real encode the measured ratio, times the margin, replaces the
 # factor. The lowest rung is always really encoded.
