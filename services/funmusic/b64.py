@@ -31,6 +31,8 @@ def _load_fast() -> Decoder | None:
         import pybase64
     except ImportError:
         return None
+    if "C extension active" not in pybase64.get_version():  # its pure-Python stand-in is binascii, less strict
+        return None
 
     def decode_fast(data: str | bytes | memoryview) -> bytes:
         """pybase64 (SIMD where the CPU has it), as strict as :func:`decode_fallback`."""

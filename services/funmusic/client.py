@@ -467,9 +467,11 @@ def _with_audio(obj: Any, value: str | memoryview) -> Any:
 
 
 def _blank(event: SSEEvent) -> bool:
-    """``not event.data.strip()``, without decoding an ASCII event's data to a str."""
-    raw = event.raw
-    return not raw.strip(_ASCII_SPACE) if raw.isascii() else not event.data.strip()
+    """``not event.data.strip()``, without decoding the data to a str when its first byte is ASCII and no space."""
+    head = event.raw[:1]
+    if head and head[0] < 0x80 and head.strip(_ASCII_SPACE):
+        return False
+    return not event.data.strip()
 
 
 def _is_stop(output: Mapping[str, Any]) -> bool:
@@ -1034,7 +1036,7 @@ class _WriteBehind:
     figures. A bad event (invalid base64) fails at once, or fails its batch, before the song can be declared done.
     """
 
-    MAX_PENDING_BYTES = 8 * 1024 * 1024
+    MAX_PENDING_BYTES = 4 * 1024 * 1024
     BATCH_BYTES = 1024 * 1024  # hand the worker about this much at a time: each hand-over costs a thread wake-up
     INLINE_DECODE_MAX = 256 * 1024
 
