@@ -934,3 +934,13 @@ async def test_a_stream_larger_than_the_cap_is_refused(http_session: aiohttp.Cli
         assert "cap" in str(caught.value) and not caught.value.retryable
         assert len(sim.requests) == 1
         assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
+
+
+def test_events_with_the_same_rest_are_parsed_once_and_never_share_their_audio() -> None:
+    first = b'{"output":{"audio":{"data":"QUJD","id":"a"},"finish_reason":"null"},"request_id":"r-same"}'
+    second = first.replace(b"QUJD", b"REVG")
+    one, two = parse_event_json(first), parse_event_json(second)
+    assert bytes(one["output"]["audio"]["data"]) == b"QUJD" and bytes(two["output"]["audio"]["data"]) == b"REVG"
+    one["output"]["audio"]["data"] = "changed"  # a caller changing what it got does not reach the next event
+    assert bytes(parse_event_json(first)["output"]["audio"]["data"]) == b"QUJD"
+    assert one["request_id"] == two["request_id"] == "r-same"
