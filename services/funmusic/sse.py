@@ -146,6 +146,16 @@ class SSEParser:
             self._line(self._buf, 0, len(self._buf), events)
             self._buf.clear()
             pos = self._after(chunk, line_end)
+        if not has_cr:  # the usual case: lines end in LF alone
+            find, line = chunk.find, self._line
+            while pos < end:
+                line_end = find(b"\n", pos)
+                if line_end < 0:
+                    self._buffer(chunk, pos)
+                    break
+                line(chunk, pos, line_end, events)
+                pos = line_end + 1
+            return events
         while pos < end:
             line_end = self._line_end(chunk, pos, has_cr)
             if line_end < 0:
@@ -203,9 +213,9 @@ class SSEParser:
             return
         colon = buf.find(b":", start, end)
         if colon < 0:
-            name, value_at = bytes(buf[start:end]), end
+            name, value_at = buf[start:end], end
         else:
-            name = bytes(buf[start:colon])
+            name = buf[start:colon]  # bytes, or a bytearray: either compares equal to the names below
             value_at = colon + 1
             if value_at < end and buf[value_at] == 0x20:
                 value_at += 1
