@@ -577,6 +577,8 @@ class FunMusicClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=idle_timeout_s)
+        #: Called with the code of every error DashScope answers, retried or not (the bot counts them in metrics).
+        self.on_service_error: Callable[[str | None], None] | None = None
 
     @classmethod
     def from_settings(
@@ -837,6 +839,8 @@ class FunMusicClient:
         self, body: ErrorBody, tag: str, *, retry_after: float | None = None, where: str = ""
     ) -> ServiceError:
         body = replace(body, message=self._scrub(body.message))
+        if self.on_service_error is not None:
+            self.on_service_error(body.code)
         log.warning(
             "fun-music %s error %s request_id=%s status=%s: %s",
             tag,
