@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from services import simulator as simulator_module
+from services.audio_headers import find_data_chunk, mp3_bitrate, wav_byte_rate
 from services.errors import (
     AuthError,
     BrokenStream,
@@ -39,13 +40,14 @@ from services.ffmpeg import (
     render_test_audio,
     run_ffmpeg,
 )
-from services.funmusic.client import FunMusicClient, _AudioSink, mp3_bitrate, parse_event_json, wav_byte_rate
+from services.funmusic.client import FunMusicClient
 from services.funmusic.errors_map import classify, parse_retry_after
 from services.funmusic.limiter import RateLimiter
 from services.funmusic.request import MODEL_PREVIEW, GenerationRequest, Mode, Progress
+from services.funmusic.sink import AudioSink
+from services.funmusic.wire import parse_event_json
 from services.settings import Secret, load_settings
 from services.simulator import FunMusicSimulator, Scenario
-from services.wav import find_data_chunk
 from tests import sim_fixtures
 from tests.sim_fixtures import SIM_KEY, make_client, running_simulator
 
@@ -677,7 +679,7 @@ async def test_sink_drops_repeated_wav_headers_and_rejects_joined_padding(tmp_pa
     assert data_at is not None
     header, samples = wav[: data_at + 8], wav[data_at + 8 :]
     half = len(samples) // 2
-    sink = _AudioSink(tmp_path / "a.wav", "wav")
+    sink = AudioSink(tmp_path / "a.wav", "wav")
     await asyncio.to_thread(sink.reset)
     parts = [header + samples[:half], header + samples[half:]]
     await asyncio.to_thread(sink.write_stream_payloads, [base64.b64encode(p).decode() for p in parts], None)
