@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from services import simulator as simulator_module
-from services.audio_headers import find_data_chunk, mp3_bitrate, wav_byte_rate
+from services.audio_headers import find_data_chunk
 from services.errors import (
     AuthError,
     BrokenStream,
@@ -658,19 +658,6 @@ def test_retry_after_parsing() -> None:
 
 
 # --------------------------------------------------------------------------------------- audio helpers
-
-
-async def test_bitrate_and_byte_rate_from_real_headers() -> None:
-    mp3 = await render_test_audio(1.0, fmt="mp3")
-    assert mp3_bitrate(mp3[:4096]) == 128_000
-    id3 = b"ID3\x04\x00\x00\x00\x00\x00\x0a" + b"\0" * 10  # a 10-byte tag first
-    assert mp3_bitrate(id3 + mp3[:4096]) == 128_000
-    assert mp3_bitrate(b"\0" * 100) is None
-    wav = await render_test_audio(1.0, sample_rate=44100, channels=1, fmt="wav")
-    data_at = find_data_chunk(wav[:4096])
-    assert data_at is not None
-    assert wav_byte_rate(wav[:4096]) == (88200, data_at + 8)
-    assert wav_byte_rate(b"not a wav") is None
 
 
 async def test_sink_drops_repeated_wav_headers_and_rejects_joined_padding(tmp_path: Path) -> None:
