@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, TypeVar
 
-from services.audio_headers import find_data_chunk, id3v2_size, wav_format
+from services.audio_headers import find_data_chunk, id3v2_size, is_wav, wav_format
 from services.errors import CannotFit
 from services.ffmpeg import PROBE_BYTES, FfmpegError, ffmpeg_exe, run_ffmpeg
 from services.wav import fix_sizes
@@ -492,7 +492,7 @@ def _wav_sizes_are_placeholders(buf: bytes | bytearray) -> bool:
 def _wav_fmt(buf: bytes | bytearray) -> tuple[int, int, int, int] | None:
     """A WAV's (format tag, channels, sample rate, bits per sample), the extensible tag resolved; None if its
     header has no fmt chunk. Raises ValueError if it is not a RIFF/WAVE file."""
-    if buf[:4] != b"RIFF" or buf[8:12] != b"WAVE":
+    if not is_wav(buf):
         raise ValueError("not a RIFF/WAVE file")
     fmt = wav_format(buf, resolve_extensible=True)
     return None if fmt is None else (fmt.tag, fmt.channels, fmt.rate, fmt.bits)

@@ -24,6 +24,10 @@ measure it. What it guards against, with the reasons in ``dashscope-wire.md``:
 
 The audio never sits whole in memory: decoded chunks go straight to the file and to that ffmpeg, from a worker
 thread.
+
+This module is the request and its retries; beside it: ``wire.py`` (what events, the finishing event and error
+bodies say; base64), ``sink.py`` (the file being written, the decode check, progress), ``download.py`` (the
+non-streaming download), ``sse.py`` (the event parser) and ``errors_map.py`` (error codes to exceptions).
 """
 
 from __future__ import annotations
