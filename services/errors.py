@@ -59,12 +59,36 @@ class SongTooLong(SongbotError):
 
 
 class PolicyRefusal(SongbotError):
-    """A moderator's or the operator's rule refused the request (before any cost)."""
+    """A moderator's or the operator's rule refused the request (before any cost).
 
-    def __init__(self, reason: str, message: str, *, retry_at: float | None = None) -> None:
-        super().__init__(message, user_message=message)
+    It carries data, not words: ``reason`` (a ``RefusalReason``), ``retry_at`` (epoch seconds when the refusal ends
+    by itself), ``limit`` (the rule's number: songs, minutes or queued songs), ``left`` and ``needed`` (seconds of
+    music), ``ids`` (the channels or roles allowed) and ``direct`` (asked in direct messages).
+    ``cogs/_words.py`` turns it into the member's sentence. ``message`` is only for a refusal decided in a cog,
+    which already holds its sentence there.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        message: str = "",
+        *,
+        retry_at: float | None = None,
+        limit: int | None = None,
+        left: int | None = None,
+        needed: int | None = None,
+        ids: tuple[int, ...] = (),
+        direct: bool = False,
+    ) -> None:
+        super().__init__(message or f"refused: {reason}")
         self.reason = reason
+        self.message = message
         self.retry_at = retry_at
+        self.limit = limit
+        self.left = left
+        self.needed = needed
+        self.ids = ids
+        self.direct = direct
 
 
 class Cancelled(SongbotError):
