@@ -15,15 +15,25 @@ from cogs._text import plural as plural
 from cogs._text import plural_of, shown
 from services.errors import (
     AuthError,
+    BrokenStream,
+    Cancelled,
+    CannotFit,
+    ConnectionFailed,
+    DownloadError,
     InvalidInput,
     ModerationError,
+    ParameterError,
     PolicyRefusal,
+    ServerError,
+    ServiceError,
     ServiceTimeout,
     SongbotError,
     SongTooLong,
     ThrottledError,
 )
+from services.ffmpeg import FfmpegError
 from services.guild_settings import MAX_IDS, SPECS, InvalidSetting, SettingSpec
+from services.jobs import DeliveryFailed, ShuttingDown
 from services.policy import GlobalUsage, RefusalReason
 
 log = logging.getLogger(__name__)
@@ -46,40 +56,66 @@ def relative(epoch_s: float) -> str:
 
 def failure_text(error: SongbotError) -> str:
     """One or two sentences for the member, always ending with the error id that is also in the log line."""
-    if isinstance(error, ThrottledError):
-        wait = error.retry_after if error.retry_after else 60.0
-        text = f"The music service is busy right now; try again {relative(time.time() + wait)}."
-    elif isinstance(error, AuthError):
+    if isinstance(error, AuthError):
         log.error(
             "operator action needed [error %s]: DashScope refused the API key or account (%s)", error.error_id, error
         )
-        text = "The bot is misconfigured; the operator has been told in the log."
-    elif isinstance(error, ModerationError):
-        text = "The music service's moderation rejected this text. Change the prompt or lyrics and try again."
-    elif isinstance(error, ServiceTimeout):
-        text = "The song took too long to make, so it was stopped. Please try again later."
-    elif isinstance(error, SongTooLong):
-        text = (
-            f"The finished song is {format_duration(error.duration_s)} long, over this bot's limit of "
-            f"{format_duration(error.limit_s)}, so it could not be sent."
-        )
+    if isinstance(error, InvalidInput):
+        text = input_text(error)
+    elif isinstance(error, PolicyRefusal):
+        text = _refusal_words(error)
     else:
-        text = error.user_message
+        template = next(FAILURES[cls] for cls in type(error).__mro__ if cls in FAILURES)
+        text = template.format(**_failure_fields(error))
     suffix = f" (error id `{error.error_id}`)"
     return fit_text(text, CONTENT - PREFIX_ROOM - len(suffix)) + suffix
+
+
+#: What a member reads when their song fails, by the error's class (the nearest one listed, in its MRO).
+FAILURES: dict[type[SongbotError], str] = {
+    SongbotError: "Something went wrong while making your song.",
+    CannotFit: "The song is too large to upload here.",
+    SongTooLong: "The finished song is {duration} long, over this bot's limit of {limit}, so it could not be sent.",
+    Cancelled: "Cancelled.",
+    ShuttingDown: "The bot is restarting, so your song was stopped and your quota refunded. Please try again soon.",
+    DeliveryFailed: "Your song was made but could not be posted here.",
+    FfmpegError: "The song could not be processed.",
+    ServiceError: "The music service failed to make this song. Please try again later.",
+    AuthError: "The bot is misconfigured; the operator has been told in the log.",
+    ThrottledError: "The music service is busy right now; try again {retry}.",
+    ModerationError: "The music service's moderation rejected this text. Change the prompt or lyrics and try again.",
+    ParameterError: "The music service refused this request's input. Please change it and try again.",
+    ServerError: "The music service had an internal error. Please try again later.",
+    ConnectionFailed: "Could not reach the music service. Please try again later.",
+    BrokenStream: "The music service stopped sending the song part-way. Please try again.",
+    ServiceTimeout: "The song took too long to make, so it was stopped. Please try again later.",
+    DownloadError: "The finished song could not be downloaded from the music service.",
+}
+
+
+def _failure_fields(error: SongbotError) -> dict[str, str]:
+    if isinstance(error, ThrottledError):
+        return {"retry": relative(time.time() + (error.retry_after or 60.0))}
+    if isinstance(error, SongTooLong):
+        return {"duration": format_duration(error.duration_s), "limit": format_duration(error.limit_s)}
+    return {}
 
 
 def refusal_text(refusal: PolicyRefusal) -> str:
     """The member's sentence for a refusal: its template in :data:`REFUSALS`, filled from the refusal's data. A
     refusal decided in a cog brings its own sentence."""
+    return fit_text(_refusal_words(refusal))
+
+
+def _refusal_words(refusal: PolicyRefusal) -> str:
     if refusal.message:
         text = refusal.message
         if refusal.retry_at is not None and "{retry}" in text:
             text = text.replace("{retry}", relative(refusal.retry_at))
         elif refusal.retry_at is not None and "<t:" not in text:
             text = f"{text} Try again {relative(refusal.retry_at)}."
-        return fit_text(text)
-    return fit_text(REFUSALS[_refusal_key(refusal)].format(**_refusal_fields(refusal)))
+        return text
+    return REFUSALS[_refusal_key(refusal)].format(**_refusal_fields(refusal))
 
 
 #: One sentence per refusal (``services/policy.py``'s reasons, some in two variants), with named placeholders.

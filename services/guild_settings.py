@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
-from services.errors import InvalidInput, SongbotError
+from services.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class InvalidSetting(InvalidInput):
     how many ids were given). The sentence naming the allowed range is ``cogs/_words.py``'s."""
 
     def __init__(self, name: str, problem: Problem, value: object) -> None:
-        SongbotError.__init__(self, _log_text(name, problem, value))
+        super().__init__(_log_text(name, problem, value))
         self.name = name
         self.problem = problem
         self.value = value

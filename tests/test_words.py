@@ -25,11 +25,11 @@ from cogs._limits import (
     fit_text,
 )
 from cogs._text import clip, listing, plural
-from cogs._words import failure_text, refusal_text, setting_allowed, setting_error_text, setting_value
+from cogs._words import FAILURES, failure_text, refusal_text, setting_allowed, setting_error_text, setting_value
 from cogs.config import describe_change, history_embed, settings_embed, usage_embed
 from cogs.song import CancelButton, RegenerateButton
 from services.audio import FitResult, Tags
-from services.errors import InvalidInput, PolicyRefusal
+from services.errors import InvalidInput, PolicyRefusal, SongbotError, SongTooLong, ThrottledError
 from services.funmusic.request import GenerationRequest, GenerationResult
 from services.guild_settings import DEFAULTS, MAX_IDS, SPECS, GuildSettings, InvalidSetting, validate_setting
 from services.jobs import PreparedSong
@@ -256,6 +256,17 @@ def test_every_refusal_reason_has_its_sentence(reason: RefusalReason) -> None:
     refusal = PolicyRefusal(reason, retry_at=NOW.timestamp(), limit=3, left=30, needed=90, ids=(1, 2))
     text = refusal_text(refusal)
     assert text and "{" not in text and "}" not in text
+
+
+def test_every_failure_has_its_sentence_with_its_data() -> None:
+    """The errors carry data; the words (by class, nearest in the MRO) are filled from it here."""
+    examples: list[SongbotError] = [cls("log text") for cls in FAILURES if cls not in (SongTooLong, ThrottledError)]
+    examples += [SongTooLong("log", duration_s=421, limit_s=300), ThrottledError("log", retry_after=30)]
+    for error in examples:
+        text = failure_text(error)
+        assert text.startswith(FAILURES[type(error)].split("{")[0]) and "{" not in text, text
+    assert "is 7:01 long, over this bot's limit of 5:00" in failure_text(examples[-2])
+    assert "busy right now; try again <t:" in failure_text(examples[-1])
 
 
 def test_failure_and_refusal_texts_fit_with_their_prefix() -> None:
