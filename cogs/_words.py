@@ -35,6 +35,7 @@ from services.ffmpeg import FfmpegError
 from services.guild_settings import MAX_IDS, SPECS, InvalidSetting, SettingSpec
 from services.jobs import DeliveryFailed, ShuttingDown
 from services.policy import GlobalUsage, RefusalReason
+from services.store import JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,14 @@ def song_ended_text(status: str, *, jump_url: str | None = None, error_id: str |
         code = f" (error id `{error_id}`)" if error_id else ""
         return f"This song already failed{code}, so there is nothing to cancel."
     return "This song was stopped when the bot restarted, and its quota refunded. Run /song to make it again."
+
+
+def jump_url(job: JobRecord) -> str | None:
+    """A link to the job's result message, when one was posted."""
+    if job.message_id is None:
+        return None
+    guild = job.guild_id if job.guild_id is not None else "@me"
+    return f"https://discord.com/channels/{guild}/{job.channel_id}/{job.message_id}"
 
 
 def link_text(url: str, expires_at: float | None) -> str:

@@ -22,6 +22,7 @@ from cogs._words import (
     format_duration,
     global_usage_text,
     input_text,
+    jump_url,
     listing,
     more_members,
     older_songs_not_shown,
@@ -119,7 +120,7 @@ def history_embed(jobs: list[JobRecord], now: datetime) -> discord.Embed:
     for job in jobs:
         title = escaped(str(job.options.get("title") or job.prompt or "song"), HISTORY_TITLE) or "song"
         line = f"**{title}** · {job.status} · {relative(job.created_at.timestamp())}"
-        jump = job.jump_url()
+        jump = jump_url(job)
         if jump:
             line += f" · [message]({jump})"
         shorts.append(line)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from cogs._words import setting_allowed, setting_error_text, setting_value
+from cogs._words import jump_url, setting_allowed, setting_error_text, setting_value
 from services.clock import FakeClock
 from services.errors import ConfigError, InvalidInput
 from services.guild_settings import (
@@ -328,9 +328,9 @@ async def test_set_message_and_jump_url(store: Store) -> None:
     await store.set_message(job_id, 43, 777)
     job = await store.get_job(job_id)
     assert job is not None and (job.channel_id, job.message_id) == (43, 777)
-    assert job.jump_url() == f"https://discord.com/channels/{GUILD}/43/777"
+    assert jump_url(job) == job.jump_url() == f"https://discord.com/channels/{GUILD}/43/777"
     dm = await store.get_job(await _job(store, guild=None))
-    assert dm is not None and dm.jump_url() is None
+    assert dm is not None and jump_url(dm) is dm.jump_url() is None
     with pytest.raises(JobStateError):
         await store.set_message(9999, 1, 2)
 
