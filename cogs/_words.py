@@ -186,6 +186,28 @@ def role_mentions(ids: Iterable[int]) -> list[str]:
 SHOWN_IDS = 5
 
 
+#: What each setting does, as /songconfig show and the options of /songconfig set say it.
+SETTING_DESCRIPTIONS: dict[str, str] = {
+    "enabled": "Whether members can make songs in this server at all.",
+    "cooldown": "Seconds a member waits between songs.",
+    "member_daily_songs": "Songs each member can make per UTC day.",
+    "server_daily_songs": "Songs the whole server can make per UTC day.",
+    "server_daily_minutes": "Minutes of music the server can make per UTC day.",
+    "max_concurrent": "Songs this server can have generating at once.",
+    "max_queued": "Songs this server can have waiting in the queue at once.",
+    "default_voice": "Voice used when a member doesn't pick one.",
+    "default_format": "Audio format used when a member doesn't pick one.",
+    "watermark": "Whether songs carry the service's audio watermark: always, never, or the member's choice.",
+    "private_allowed": "Whether members may ask for their song privately (by DM).",
+    "channels": "Channels where /song works; empty means every channel.",
+    "roles": "Roles allowed to use /song; empty means everyone (members with Manage Server are always allowed).",
+}
+
+
+def setting_description(spec: SettingSpec) -> str:
+    return SETTING_DESCRIPTIONS[spec.name]
+
+
 def setting_allowed(spec: SettingSpec) -> str:
     """The allowed values in words, e.g. ``0–86400 seconds`` or ``female, male``."""
     if spec.kind == "bool":

@@ -29,6 +29,7 @@ from cogs._words import (
     plural,
     relative,
     setting_allowed,
+    setting_description,
     setting_mentions,
     setting_value,
 )
@@ -57,7 +58,7 @@ _QUEUED = SPECS["max_queued"]
 
 def _about(spec: SettingSpec) -> str:
     """An option's description: the setting's own words and its range (Discord allows 100 characters)."""
-    return clip(f"{spec.description.rstrip('.')} ({setting_allowed(spec)})", 100)
+    return clip(f"{setting_description(spec).rstrip('.')} ({setting_allowed(spec)})", 100)
 
 
 #: Songs /songhistory lists, newest first.
@@ -102,7 +103,8 @@ def settings_embed(settings: GuildSettings, guild_name: str) -> discord.Embed:
         embed.add_field(
             name=spec.name,
             value=fit_text(
-                f"**{setting_value(spec, value)}** ({state})\n{spec.description}\nAllowed: {setting_allowed(spec)}",
+                f"**{setting_value(spec, value)}** ({state})\n{setting_description(spec)}\n"
+                f"Allowed: {setting_allowed(spec)}",
                 FIELD_VALUE,
             ),
             inline=False,

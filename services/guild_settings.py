@@ -33,12 +33,12 @@ _FALSE = ("false", "no", "off", "0", "disabled", "disable")
 
 @dataclass(frozen=True)
 class SettingSpec:
-    """One setting as ``/songconfig show`` lists it (``cogs/_words.py`` puts its range and values in words)."""
+    """One setting as ``/songconfig show`` lists it (``cogs/_words.py`` describes it and puts its range and values
+    in words)."""
 
     name: str
     kind: Kind
     default: bool | int | str | tuple[int, ...]
-    description: str
     low: int = 0
     high: int = 0
     unit: str = ""  # singular ("second"); the plural comes from cogs/_words.py
@@ -46,41 +46,19 @@ class SettingSpec:
 
 
 SETTINGS: tuple[SettingSpec, ...] = (
-    SettingSpec("enabled", "bool", True, "Whether members can make songs in this server at all."),
-    SettingSpec("cooldown", "int", 60, "Seconds a member waits between songs.", 0, 86400, "second"),
-    SettingSpec("member_daily_songs", "int", 5, "Songs each member can make per UTC day.", 0, 1000, "song"),
-    SettingSpec("server_daily_songs", "int", 50, "Songs the whole server can make per UTC day.", 0, 100000, "song"),
-    SettingSpec(
-        "server_daily_minutes", "int", 120, "Minutes of music the server can make per UTC day.", 0, 100000, "minute"
-    ),
-    SettingSpec("max_concurrent", "int", 2, "Songs this server can have generating at once.", 1, 20, "song"),
-    SettingSpec("max_queued", "int", 25, "Songs this server can have waiting in the queue at once.", 1, 1000, "song"),
-    SettingSpec(
-        "default_voice", "choice", "female", "Voice used when a member doesn't pick one.", choices=("female", "male")
-    ),
-    SettingSpec(
-        "default_format",
-        "choice",
-        "mp3",
-        "Audio format used when a member doesn't pick one.",
-        choices=("mp3", "wav", "ogg"),
-    ),
-    SettingSpec(
-        "watermark",
-        "choice",
-        "member",
-        "Whether songs carry the service's audio watermark: always, never, or the member's choice.",
-        choices=("always", "never", "member"),
-    ),
-    SettingSpec("private_allowed", "bool", True, "Whether members may ask for their song privately (by DM)."),
-    SettingSpec("channels", "ids", (), "Channels where /song works; empty means every channel.", unit="channel"),
-    SettingSpec(
-        "roles",
-        "ids",
-        (),
-        "Roles allowed to use /song; empty means everyone (members with Manage Server are always allowed).",
-        unit="role",
-    ),
+    SettingSpec("enabled", "bool", True),
+    SettingSpec("cooldown", "int", 60, 0, 86400, "second"),
+    SettingSpec("member_daily_songs", "int", 5, 0, 1000, "song"),
+    SettingSpec("server_daily_songs", "int", 50, 0, 100000, "song"),
+    SettingSpec("server_daily_minutes", "int", 120, 0, 100000, "minute"),
+    SettingSpec("max_concurrent", "int", 2, 1, 20, "song"),
+    SettingSpec("max_queued", "int", 25, 1, 1000, "song"),
+    SettingSpec("default_voice", "choice", "female", choices=("female", "male")),
+    SettingSpec("default_format", "choice", "mp3", choices=("mp3", "wav", "ogg")),
+    SettingSpec("watermark", "choice", "member", choices=("always", "never", "member")),
+    SettingSpec("private_allowed", "bool", True),
+    SettingSpec("channels", "ids", (), unit="channel"),
+    SettingSpec("roles", "ids", (), unit="role"),
 )
 
 SPECS: dict[str, SettingSpec] = {spec.name: spec for spec in SETTINGS}

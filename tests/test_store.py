@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from cogs._words import jump_url, setting_allowed, setting_error_text, setting_value
+from cogs._words import jump_url, setting_allowed, setting_description, setting_error_text, setting_value
 from services.clock import FakeClock
 from services.errors import ConfigError, InvalidInput
 from services.guild_settings import (
@@ -99,7 +99,7 @@ def test_spec_describes_and_formats_values() -> None:
     assert setting_value(SPECS["channels"], ()) == "all"
     assert setting_value(SPECS["channels"], (1, 2)) == "<#1>, <#2>"
     assert setting_value(SPECS["roles"], (3,)) == "<@&3>"
-    assert all(spec.description.endswith(".") for spec in SETTINGS)
+    assert all(setting_description(spec).endswith(".") for spec in SETTINGS)
 
 
 async def test_a_change_is_all_or_nothing_and_a_no_op_is_not_audited(store: Store) -> None:

@@ -25,7 +25,15 @@ from cogs._limits import (
     fit_text,
 )
 from cogs._text import clip, listing, plural
-from cogs._words import FAILURES, failure_text, refusal_text, setting_allowed, setting_error_text, setting_value
+from cogs._words import (
+    FAILURES,
+    SETTING_DESCRIPTIONS,
+    failure_text,
+    refusal_text,
+    setting_allowed,
+    setting_error_text,
+    setting_value,
+)
 from cogs.config import describe_change, history_embed, settings_embed, usage_embed
 from cogs.song import CancelButton, RegenerateButton
 from services.audio import FitResult, Tags
@@ -91,6 +99,10 @@ def test_counts_read_right_in_settings_and_refusals() -> None:
     with pytest.raises(InvalidSetting) as refused:
         validate_setting("max_concurrent", 21)
     assert "between 1 and 20 songs" in setting_error_text(refused.value)
+
+
+def test_every_setting_is_described_here() -> None:
+    assert set(SETTING_DESCRIPTIONS) == set(SPECS)
 
 
 def test_clip_never_leaves_half_an_escape() -> None:
