@@ -110,12 +110,7 @@ def refusal_text(refusal: PolicyRefusal) -> str:
 
 def _refusal_words(refusal: PolicyRefusal) -> str:
     if refusal.message:
-        text = refusal.message
-        if refusal.retry_at is not None and "{retry}" in text:
-            text = text.replace("{retry}", relative(refusal.retry_at))
-        elif refusal.retry_at is not None and "<t:" not in text:
-            text = f"{text} Try again {relative(refusal.retry_at)}."
-        return text
+        return refusal.message
     return REFUSALS[_refusal_key(refusal)].format(**_refusal_fields(refusal))
 
 
