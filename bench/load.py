@@ -54,8 +54,8 @@ from services.logs import setup_logging
 from services.offline.discord import FakeDiscord, point_discord_py_at
 from services.settings import load_settings
 from services.simulator import FunMusicSimulator, Scenario, cached_audio
-from tests.e2e import TOKEN, Harness, LogCapture, e2e_env, started_bot
-from tests.sim_fixtures import SIM_KEY
+from tests.support.e2e import TOKEN, Harness, LogCapture, e2e_env, started_bot
+from tests.support.sim_fixtures import SIM_KEY
 
 CHUNK_BYTES = 16384
 MP3_BYTES_PER_SECOND = 128_000 // 8
