@@ -160,7 +160,7 @@ class SongBot(commands.Bot):
         simulator = None
         base_url, api_key = settings.dashscope_base_url, settings.dashscope_api_key
         if settings.simulated:
-            from services.simulator import start_simulator_for
+            from services.offline.simulator import start_simulator_for
 
             simulator, base_url, api_key = await start_simulator_for(settings)
         client = FunMusicClient.from_settings(session, settings, base_url=base_url, api_key=api_key)

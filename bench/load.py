@@ -52,8 +52,8 @@ from aiohttp import web
 from bot import point_at_discord
 from services.logs import setup_logging
 from services.offline.discord import FakeDiscord, point_discord_py_at
+from services.offline.simulator import FunMusicSimulator, Scenario, cached_audio
 from services.settings import load_settings
-from services.simulator import FunMusicSimulator, Scenario, cached_audio
 from tests.support.e2e import TOKEN, Harness, LogCapture, e2e_env, started_bot
 from tests.support.sim_fixtures import SIM_KEY
 

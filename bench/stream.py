@@ -96,7 +96,16 @@ class RssSampler:
 
 def start_simulator(duration_s: float, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.simulator", "--duration", str(duration_s), "--api-key", API_KEY, *extra],
+        [
+            sys.executable,
+            "-m",
+            "services.offline.simulator",
+            "--duration",
+            str(duration_s),
+            "--api-key",
+            API_KEY,
+            *extra,
+        ],
         cwd=Path(__file__).resolve().parent.parent,
         stdout=subprocess.PIPE,
     )

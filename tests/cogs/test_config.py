@@ -8,8 +8,8 @@ from pathlib import Path
 
 from services.guild_settings import MAX_IDS, SPECS
 from services.offline.payloads import MODERATOR_PERMISSIONS
+from services.offline.simulator import Scenario
 from services.policy import RequestContext
-from services.simulator import Scenario
 from tests.support.e2e import Harness, running_bot
 
 EPHEMERAL = 64

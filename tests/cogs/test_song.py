@@ -8,7 +8,7 @@ from pathlib import Path
 
 from services.ffmpeg import probe_audio
 from services.offline.payloads import BOT_PERMISSIONS, MODERATOR_PERMISSIONS, Perm
-from services.simulator import Scenario
+from services.offline.simulator import Scenario
 from tests.services.test_audio import read_tags
 from tests.support.e2e import Harness, running_bot
 

@@ -23,7 +23,7 @@ from cogs._words import (
 )
 from services.offline.discord import FakeDiscord, StoredMessage
 from services.offline.payloads import MODERATOR_PERMISSIONS
-from services.simulator import Scenario
+from services.offline.simulator import Scenario
 from tests.support.e2e import TOKEN, Harness, error_id_of, running_bot, wait_for_job
 
 EPHEMERAL = 64

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from services.offline.discord import FakeDiscord
 from services.offline.payloads import MODERATOR_PERMISSIONS
-from services.simulator import Scenario
+from services.offline.simulator import Scenario
 from tests.support.e2e import TOKEN, Harness, assert_refunded, running_bot, switch_scenario_at, wait_for_job
 
 PROMPT = "a calm piano ballad about the sea"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from services.simulator import Scenario
+from services.offline.simulator import Scenario
 from tests.support.e2e import Harness, assert_refunded, running_bot
 
 PROMPT = "an upbeat summer folk song about a road trip"

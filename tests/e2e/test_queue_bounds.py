@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 from services.offline.discord import FakeDiscord
+from services.offline.simulator import Scenario
 from services.settings import load_settings
-from services.simulator import Scenario
 from tests.support.e2e import TOKEN, running_bot
 
 PROMPT = "an upbeat summer folk song about a road trip"

@@ -38,8 +38,8 @@ from services.guild_settings import DEFAULTS
 from services.logs import REDACTED, setup_logging
 from services.offline.discord_rest import Recorded
 from services.offline.payloads import MEMBER_PERMISSIONS, MODERATOR_PERMISSIONS, Perm
+from services.offline.simulator import FunMusicSimulator, Scenario
 from services.settings import Secret
-from services.simulator import FunMusicSimulator, Scenario
 from tests.support.e2e import TOKEN, Harness, running_bot
 from tests.support.sim_fixtures import SIM_KEY, make_client
 from tests.support.watchdog import Findings, guarding, watching_loop

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from services.offline.discord_rest import StoredMessage
-from services.simulator import Scenario
+from services.offline.simulator import Scenario
 from tests.support.e2e import (
     Harness,
     assert_refunded,

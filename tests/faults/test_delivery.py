@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from services.offline.discord_rest import StoredMessage
-from services.simulator import Scenario
+from services.offline.simulator import Scenario
 from tests.support.e2e import Harness, reservation_state, running_bot, wait_for_job
 
 PROMPT = "a slow jazz waltz about an old lighthouse keeper"

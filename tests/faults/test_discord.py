@@ -18,7 +18,7 @@ import discord
 from services.ffmpeg import probe_audio
 from services.offline.discord_rest import StoredAttachment, StoredMessage
 from services.offline.payloads import BOT_PERMISSIONS, Perm
-from services.simulator import Scenario
+from services.offline.simulator import Scenario
 from tests.support.e2e import Harness, assert_refunded, error_id_of, reservation_state, running_bot, wait_for_job
 
 PROMPT = "a slow jazz waltz about an old lighthouse keeper"
@@ -162,7 +162,7 @@ async def test_413_on_every_audio_upload_ends_with_the_link_and_its_expiry(tmp_p
 
 async def _sim_audio(h: Harness) -> bytes:
     """The simulator's audio for the song in flight (its cache holds what it streams)."""
-    from services.simulator import cached_audio
+    from services.offline.simulator import cached_audio
 
     scenario = h.sim.scenario
     return await cached_audio(scenario.duration_s, scenario.sample_rate, scenario.channels, "mp3")

@@ -20,8 +20,8 @@ from services.errors import BrokenStream, ConfigError, SongTooLong
 from services.funmusic.client import FunMusicClient, _AudioSink, _Reporter, _WriteBehind
 from services.funmusic.request import GenerationRequest
 from services.funmusic.sse import EventTooLarge, SSEParser
+from services.offline.simulator import ENDLESS_LINE_BYTES, Scenario, cached_audio
 from services.settings import load_settings
-from services.simulator import ENDLESS_LINE_BYTES, Scenario, cached_audio
 from services.store import JobStatus, Store
 from services.wav import find_data_chunk
 from tests.support.e2e import running_bot, wait_for_job

@@ -19,7 +19,7 @@ from typing import Any
 
 from services.clock import SystemClock
 from services.offline.discord import FakeDiscord
-from services.simulator import Scenario
+from services.offline.simulator import Scenario
 from services.store import Store
 from tests.support.e2e import PROGRESS_MARKS, TOKEN, e2e_env, error_id_of, running_bot
 from tests.support.sim_fixtures import running_simulator

@@ -11,7 +11,7 @@ import pytest
 from services.cli import ProgressBar, run_generate
 from services.ffmpeg import probe_audio
 from services.funmusic.request import Progress
-from services.simulator import FunMusicSimulator, Scenario
+from services.offline.simulator import FunMusicSimulator, Scenario
 from tests.support.sim_fixtures import SIM_KEY
 
 PROMPT = "a dreamy synth-pop song about city lights at night"

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from services.logs import JsonFormatter, bind_log_context, log_context, setup_logging
+from services.offline.simulator import Scenario
 from services.settings import load_settings
-from services.simulator import Scenario
 from tests.support.e2e import TOKEN, error_id_of, running_bot, wait_for_job
 from tests.support.sim_fixtures import SIM_KEY
 

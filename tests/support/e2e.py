@@ -15,8 +15,8 @@ import discord
 
 from bot import SongBot, point_at_discord
 from services.offline.discord import FakeDiscord, point_discord_py_at
+from services.offline.simulator import FunMusicSimulator, Scenario
 from services.settings import Settings, load_settings
-from services.simulator import FunMusicSimulator, Scenario
 from tests.support.sim_fixtures import SIM_KEY, running_simulator
 
 #: How every progress message of an accepted song starts (queued, generating, preparing, uploading).

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from services.funmusic.client import FunMusicClient
+from services.offline.simulator import FunMusicSimulator, Scenario
 from services.settings import Secret
-from services.simulator import FunMusicSimulator, Scenario
 
 SIM_KEY = "sk-sim-0123456789abcdef"  # a key that looks like a real one, so leak checks mean something
 

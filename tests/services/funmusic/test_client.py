@@ -14,7 +14,6 @@ import aiohttp
 import psutil
 import pytest
 
-from services import simulator as simulator_module
 from services.errors import (
     AuthError,
     BrokenStream,
@@ -43,8 +42,9 @@ from services.funmusic.client import FunMusicClient, _AudioSink, mp3_bitrate, pa
 from services.funmusic.errors_map import classify, parse_retry_after
 from services.funmusic.limiter import RateLimiter
 from services.funmusic.request import MODEL_PREVIEW, GenerationRequest, Mode, Progress
+from services.offline import simulator as simulator_module
+from services.offline.simulator import FunMusicSimulator, Scenario
 from services.settings import Secret, load_settings
-from services.simulator import FunMusicSimulator, Scenario
 from services.wav import find_data_chunk
 from tests.support.sim_fixtures import SIM_KEY, make_client, running_simulator
 

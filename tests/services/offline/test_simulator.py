@@ -14,8 +14,15 @@ import aiohttp
 import pytest
 
 from services.funmusic.sse import SSEEvent, SSEParser
+from services.offline.simulator import (
+    FunMusicSimulator,
+    Scenario,
+    cached_audio,
+    lyrics_for,
+    start_simulator_for,
+    streamed_wav,
+)
 from services.settings import load_settings
-from services.simulator import FunMusicSimulator, Scenario, cached_audio, lyrics_for, start_simulator_for, streamed_wav
 from tests.support.sim_fixtures import SIM_KEY
 
 AUTH = {"Authorization": f"Bearer {SIM_KEY}"}
@@ -236,7 +243,7 @@ async def test_runs_standalone_as_a_module(http_session: aiohttp.ClientSession) 
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.simulator",
+        "services.offline.simulator",
         "--duration",
         "1",
         "--api-key",

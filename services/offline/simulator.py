@@ -6,7 +6,7 @@ was given), and an OSS-style url on itself that it also serves. A :class:`Scenar
 reference documents, so the client's handling of every one of them can be tested over a real socket.
 
 ``SONGBOT_SIMULATE=1`` (or no ``DASHSCOPE_API_KEY``) runs the bot and the CLI against it in-process
-(:func:`start_simulator_for`). ``python -m services.simulator`` runs it on its own (the benchmark does).
+(:func:`start_simulator_for`). ``python -m services.offline.simulator`` runs it on its own (the benchmark does).
 """
 
 from __future__ import annotations
@@ -563,7 +563,7 @@ class _Args:
 
 
 def _parse_args(argv: list[str]) -> _Args:
-    parser = argparse.ArgumentParser(prog="python -m services.simulator", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m services.offline.simulator", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default="sim-key")
