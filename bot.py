@@ -134,7 +134,6 @@ class SongBot(commands.Bot):
         self.force_sync = force_sync or sync_only
         self.sync_only = sync_only
         self._services: Services | None = None
-        self.stopping = False
 
     @property
     def services(self) -> Services:
@@ -260,7 +259,6 @@ class SongBot(commands.Bot):
 
     async def close(self) -> None:
         """Stop in order: jobs first (their members are told while Discord is still reachable), then the rest."""
-        self.stopping = True
         services = self._services
         if services is not None:
             await services.jobs.shutdown()

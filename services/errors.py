@@ -67,12 +67,6 @@ class PolicyRefusal(SongbotError):
         self.retry_at = retry_at
 
 
-class Cancelled(SongbotError):
-    """The job was cancelled by its requester or a moderator."""
-
-    user_message = "Cancelled."
-
-
 @dataclass(frozen=True)
 class ErrorBody:
     """DashScope's error JSON: ``{code, message, request_id}``."""

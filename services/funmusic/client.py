@@ -724,7 +724,7 @@ class FunMusicClient:
         try:
             async with self._session.post(
                 self.endpoint,
-                json=req.body(streaming=streaming),
+                json=req.body(),
                 headers=self._headers(streaming),
                 timeout=self._timeout,
                 read_bufsize=READ_BUFSIZE,

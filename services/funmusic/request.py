@@ -160,9 +160,9 @@ class GenerationRequest:
         assert req.prompt is not None
         return req, _choose_mode(req.prompt, measure_prompt, PROMPT_LIMITS, "The prompt")
 
-    def body(self, *, streaming: bool) -> dict[str, object]:
-        """The JSON body DashScope expects; every option is inside ``input``."""
-        del streaming  # the body is the same for both modes; the header differs
+    def body(self) -> dict[str, object]:
+        """The JSON body DashScope expects, the same for both modes (the header differs); every option is inside
+        ``input``."""
         inp: dict[str, object] = {"format": self.format}
         lyrics = self.effective_lyrics
         if lyrics:

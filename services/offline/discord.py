@@ -648,11 +648,6 @@ class FakeDiscord:
 
     # --- time, faults and rate limits ---
 
-    def age_interaction(self, interaction_id: int, seconds: float) -> None:
-        """Make an interaction `seconds` older in the fake's eyes (its token expires after
-        `rules.token_lifetime`); the bot's view of the snowflake is unchanged."""
-        self.interaction(interaction_id).age_offset += seconds
-
     def expire_token(self, interaction_id: int) -> None:
         """From now on the interaction's webhook routes answer 401/50027 (Invalid Webhook Token)."""
         record = self.interaction(interaction_id)
@@ -714,10 +709,6 @@ class FakeDiscord:
         self.state.buckets.append(bucket)
         return bucket
 
-    def clear_faults(self) -> None:
-        self.state.faults.clear()
-        self.state.buckets.clear()
-
     # --- gateway controls ---
 
     async def dispatch(self, event: str, data: Json) -> int:
@@ -728,10 +719,6 @@ class FakeDiscord:
     async def drop_gateway(self, *, resume: bool = True, code: int = 4000, abrupt: bool = False) -> None:
         """Close the bot's gateway socket; it reconnects and RESUMEs (or re-IDENTIFYs if `resume=False`)."""
         await self.gateway.drop(resume=resume, code=code, abrupt=abrupt)
-
-    async def reconnect_gateway(self) -> None:
-        """Send op 7 RECONNECT."""
-        await self.gateway.reconnect()
 
 
 @contextlib.contextmanager

@@ -234,13 +234,6 @@ class Gateway:
             return
         await ws.close(code=code, message=b"dropped by the test")
 
-    async def reconnect(self) -> None:
-        """Op 7: ask the client to reconnect and resume, as Discord does before a server restart."""
-        session = self.current
-        if session is None or session.ws is None:
-            raise RuntimeError("no connected gateway session")
-        await self._send(session.ws, {"op": RECONNECT, "d": None})
-
     async def close(self) -> None:
         for connection in self.connections:
             if not connection.ws.closed:

@@ -124,10 +124,6 @@ def snowflake_seconds(snowflake: int) -> float:
     return ((snowflake >> 22) + DISCORD_EPOCH_MS) / 1000.0
 
 
-def snowflake_time(snowflake: int) -> datetime:
-    return datetime.fromtimestamp(snowflake_seconds(snowflake), UTC)
-
-
 class Snowflakes:
     """Unique snowflakes whose timestamp is `now()` (or a given time): the low 22 bits are a counter."""
 

@@ -179,7 +179,7 @@ async def test_huge_line_is_really_over_600_kb(simulator: FunMusicSimulator, htt
     simulator.scenario = Scenario(huge_line=True)
     async with http_session.post(
         simulator.base_url + "/services/audio/music/generation",
-        json=prompt("mp3").body(streaming=True),
+        json=prompt("mp3").body(),
         headers={"Authorization": f"Bearer {SIM_KEY}", "X-DashScope-SSE": "enable"},
     ) as resp:
         body = await resp.read()

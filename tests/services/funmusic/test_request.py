@@ -65,7 +65,7 @@ def test_bad_input_says_what_to_change(request_: GenerationRequest, message: str
 
 def test_body_follows_the_reference() -> None:
     req, _ = GenerationRequest(prompt="folk song", lyrics="[verse]\nla la la la", watermark=True).validated()
-    assert req.body(streaming=True) == {
+    assert req.body() == {
         "model": "fun-music-v1",
         "input": {
             "format": "mp3",
@@ -76,13 +76,13 @@ def test_body_follows_the_reference() -> None:
         },
     }
     instrumental, _ = GenerationRequest(prompt="folk song", lyrics="words", is_instrumental=True).validated()
-    assert instrumental.body(streaming=False)["input"] == {
+    assert instrumental.body()["input"] == {
         "format": "mp3",
         "prompt": "folk song",
         "is_instrumental": True,
     }
     preview, _ = GenerationRequest(prompt="folk song", model=MODEL_PREVIEW, gender="male").validated()
-    assert "gender" not in preview.body(streaming=True)["input"]
+    assert "gender" not in preview.body()["input"]
 
 
 def test_cleaning_drops_control_and_zero_width_characters() -> None:
