@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,59 +19,13 @@ from services.offline.discord import FakeDiscord
 from services.offline.simulator import Scenario
 from services.store import Store
 from tests.support.e2e import PROGRESS_MARKS, TOKEN, e2e_env, error_id_of, running_bot
+from tests.support.processes import BotProcess, bot_process
 from tests.support.sim_fixtures import running_simulator
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a sea shanty about a lost anchor"
 #: About 16 s of streaming: the job is certainly still generating when the process is stopped.
 SLOW = Scenario(duration_s=2.0, chunk_bytes=1024, chunk_delay_s=0.5)
 RESTARTING = "The bot is restarting, so your song was stopped and your quota refunded"
-
-
-@dataclass
-class BotProcess:
-    """`python bot.py` running as a child; its log lines are collected as they come (the pipe never fills)."""
-
-    proc: asyncio.subprocess.Process
-    lines: list[str] = field(default_factory=list)
-    reader: asyncio.Task[None] | None = None
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-
-
-def child_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The harness's settings on top of a clean environment (nothing of the developer's own bot leaks in)."""
-    base = {key: value for key, value in os.environ.items() if not key.startswith(("DISCORD_", "DASHSCOPE_"))}
-    return {**base, **env, "PYTHONUNBUFFERED": "1"}
-
-
-@contextlib.asynccontextmanager
-async def bot_process(env: Mapping[str, str]) -> AsyncIterator[BotProcess]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "bot.py",
-        cwd=ROOT,
-        env=child_env(env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    bot = BotProcess(proc)
-    bot.reader = asyncio.create_task(bot._read())
-    try:
-        yield bot
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await bot.reader
 
 
 @contextlib.asynccontextmanager
