@@ -9,10 +9,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from services.clock import FakeClock
 from services.housekeeping import STALE_PART_S, sweep
 from services.store import Store
 from services.store.records import JobStatus
+from tests.support.clock import FakeClock
 from tests.support.e2e import running_bot
 
 DAY = 24 * 3600.0

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from services.audio import Tags
-from services.clock import FakeClock
 from services.errors import SongbotError
 from services.ffmpeg import render_test_audio
 from services.funmusic.request import GenerationRequest, GenerationResult, ProgressCallback
 from services.jobs import Delivery, JobManager, JobSpec, PreparedSong, ShuttingDown
 from services.policy import Policy
 from services.store import JobStatus, Store
+from tests.support.clock import FakeClock
 
 GUILD_A = 111
 GUILD_B = 222

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.clock import FakeClock
 from services.errors import PolicyRefusal
 from services.guild_settings import DEFAULTS
 from services.policy import Admission, Policy, RefusalReason, RequestContext
 from services.store import DM_GUILD, JobStatus, Store, Totals
+from tests.support.clock import FakeClock
 from tests.support.store_fixtures import DbTarget
 
 GUILD = 7001

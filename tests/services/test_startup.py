@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from services.clock import FakeClock, SystemClock
+from services.clock import SystemClock
 from services.offline.discord import FakeDiscord
 from services.store.engine import Database
 from services.store.migrations import LATEST, migrate, v0001_initial
 from services.store.schema import schema_version
+from tests.support.clock import FakeClock
 from tests.support.e2e import TOKEN, e2e_env
 from tests.support.processes import ROOT, bot_process, child_env
 from tests.support.sim_fixtures import SIM_KEY, running_simulator

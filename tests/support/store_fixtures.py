@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from blockbuster import BlockBuster
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.clock import Clock, FakeClock
+from services.clock import Clock
 from services.store import Store
+from tests.support.clock import FakeClock
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
 

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from services.clock import FakeClock
 from services.errors import ConfigError, InvalidInput
 from services.guild_settings import DEFAULTS, SCALAR_NAMES, SETTINGS, SPECS, GuildSettings, validate_setting
 from services.store import JobStateError, JobStatus, Store
 from services.store.engine import Database
 from services.store.migrations import LATEST, MIGRATIONS
 from services.store.schema import metadata, schema_version
+from tests.support.clock import FakeClock
 from tests.support.store_fixtures import DbTarget
 
 GUILD = 111
