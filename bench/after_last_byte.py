@@ -20,12 +20,10 @@ import argparse
 import asyncio
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.sampling import RssSampler, cpu_seconds
 from services.audio import Tags
 from services.errors import SongbotError
 from services.ffmpeg import ffmpeg_exe
@@ -47,12 +46,6 @@ from services.settings import Secret
 API_KEY = "sk-bench-0000"
 PROMPT = "an epic orchestral anthem with choir and drums for a long journey"
 LYRICS = "[verse]\n" + "we ride the long road home tonight\n" * 40
-
-
-def cpu_seconds() -> float:
-    """CPU time used so far by this process and by its children that have exited (ffmpeg)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 class TimedClient(FunMusicClient):
@@ -108,31 +101,6 @@ class Observer:
         return None
 
 
-class RssSampler:
-    """Peak resident memory of this process over a block, sampled from a thread."""
-
-    def __init__(self, interval_s: float = 0.02) -> None:
-        self._proc = psutil.Process()
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self.baseline = self._proc.memory_info().rss
-        self.peak = self.baseline
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            time.sleep(self._interval_s)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 @dataclass
 class JobRun:
     seconds: float
@@ -181,7 +149,7 @@ async def one_job(client: TimedClient, work_dir: Path, job_id: int, max_bytes: i
         observer.deliver_cpu - client.final_event_cpu,
         audio.bitrate_kbps,
         audio.size,
-        rss.peak - rss.baseline,
+        rss.delta,
     )
 
 

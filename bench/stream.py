@@ -23,12 +23,10 @@ import base64
 import contextlib
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -40,6 +38,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.sampling import RssSampler, cpu_seconds
 from services.ffmpeg import probe_audio
 from services.funmusic.client import FunMusicClient
 from services.funmusic.request import GenerationRequest
@@ -56,42 +55,6 @@ class Run:
     audio_bytes: int
     rss_peak_delta: int
     cpu_seconds: float
-
-
-def cpu_seconds() -> float:
-    """CPU time used so far by this process and by its children that have exited (ffmpeg)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-class RssSampler:
-    """Peak resident memory growth over a block, sampled from a thread."""
-
-    def __init__(self, interval_s: float = 0.005) -> None:
-        self._proc = psutil.Process()
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self.baseline = self._proc.memory_info().rss
-        self.peak = self.baseline
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            time.sleep(self._interval_s)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    @property
-    def delta(self) -> int:
-        return self.peak - self.baseline
 
 
 def start_simulator(duration_s: float, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -174,7 +137,7 @@ async def sdk_checked(base_url: str, out_dir: Path) -> int:
 
 
 async def timed(fn: Callable[[str, Path], Awaitable[int]], base_url: str, out_dir: Path) -> Run:
-    with RssSampler() as rss:
+    with RssSampler(interval_s=0.005) as rss:
         cpu = cpu_seconds()
         start = time.perf_counter()
         size = await fn(base_url, out_dir)
