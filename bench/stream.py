@@ -6,7 +6,7 @@ Contestants, each on the same stream from the same simulator (a separate process
   WAV repair, and the decode check with ffmpeg that every real song gets, fed through a pipe while the song
   streams);
 - the official ``dashscope`` SDK (``BaseAioApi.call(..., stream=True)``), decoding each event's base64 and writing it
-  to a file. Its async line reader needs a session with a big ``read_bufsize`` (``dashscope-wire.md`` section 6).
+  to a file. Its async line reader needs a session with a big ``read_bufsize`` (``docs/dashscope.md`` section 6).
 
 Prints wall time, MB/s of audio, CPU time (this process and its children, i.e. ffmpeg), and peak memory:
 tracemalloc's peak (Python allocations, in a separate run, since tracing slows everything) and the peak RSS growth
@@ -174,7 +174,7 @@ def mb(n: float) -> str:
 
 
 async def sdk_default_session_on_a_huge_line(duration_s: float, out_dir: Path) -> str:
-    """What the SDK does, out of the box, with one data line over 600 KB (``dashscope-wire.md`` pitfall 1)."""
+    """What the SDK does, out of the box, with one data line over 600 KB (``docs/dashscope.md`` §6.1)."""
     import dashscope
 
     proc, base_url = start_simulator(duration_s, "--huge-line")

@@ -1,6 +1,6 @@
 """What a Fun-Music request is, what comes back, and the documented input limits.
 
-Limits follow ``fun-music-api.txt`` / ``dashscope-wire.md`` section 1. Text that contains CJK characters is counted
+Limits follow ``docs/dashscope.md`` section 1. Text that contains CJK characters is counted
 in Chinese characters; otherwise prompts and streaming lyrics are counted in English words and non-streaming lyrics
 in characters. A request that fits the streaming limits is streamed; one that only fits the non-streaming limits
 is not; one that fits neither is refused with one sentence, before any network call.

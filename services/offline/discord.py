@@ -286,7 +286,7 @@ class FakeDiscord:
         attachment_size_limit: int,
         locale: str,
     ) -> Json:
-        """The fields every interaction carries (discord-notes §10: version, attachment_size_limit, member
+        """The fields every interaction carries (docs/offline.md: version, attachment_size_limit, member
         or user, a full channel object) around a new snowflake id at `created_at` (default: now)."""
         state = self.state
         user = user or self.user

@@ -2,7 +2,7 @@
 
 HELLO → (heartbeats answered with ACKs) → IDENTIFY → READY + one GUILD_CREATE per guild → dispatches with
 sequence numbers. A dropped client RESUMEs on `resume_gateway_url` and gets the events it missed, then RESUMED.
-Frames are plain-text JSON: discord.py asks for zlib-stream but only decompresses binary frames (notes §10).
+Frames are plain-text JSON: discord.py asks for zlib-stream but only decompresses binary frames (docs/offline.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Everything here is plain data: snowflakes, the guild/channel/role/user model the fake serves over the gateway,
 and the INTERACTION_CREATE payloads a test sends (slash commands, button clicks, modal submits). The shapes
 follow discord-api-docs (`resources/*.mdx`, `interactions/receiving-and-responding.mdx`) and what discord.py 2.7
-reads (`discord/types/*.py`); see `/work/shared/reference/discord-notes.md` section 10.
+reads (`discord/types/*.py`); docs/offline.md says how faithful they are.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A Fun-Music simulator: an aiohttp app that speaks DashScope's wire format (``dashscope-wire.md``).
+"""A Fun-Music simulator: an aiohttp app that speaks DashScope's wire format (``docs/dashscope.md``).
 
 It serves ``POST {base}/services/audio/music/generation`` streaming (``X-DashScope-SSE: enable``) and not, returns
 real decodable audio of the requested length (made by ffmpeg, cached), lyrics made from the prompt (or the lyrics it

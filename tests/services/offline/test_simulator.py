@@ -1,4 +1,4 @@
-"""The simulator speaks DashScope's wire format exactly (``dashscope-wire.md``), byte for byte where it matters."""
+"""The simulator speaks DashScope's wire format exactly (``docs/dashscope.md``), byte for byte where it matters."""
 
 from __future__ import annotations
 
