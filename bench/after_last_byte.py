@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.sampling import RssSampler, cpu_seconds
+from bench.sampling import RssSampler, cpu_seconds, machine
 from services.audio import Tags
 from services.errors import SongbotError
 from services.ffmpeg import ffmpeg_exe
@@ -162,20 +160,6 @@ async def cli_encode(src: Path, dst: Path, kbps: int) -> tuple[float, float]:
     if await proc.wait() != 0:
         raise SystemExit("the ffmpeg CLI encode failed")
     return time.perf_counter() - start, cpu_seconds() - cpu
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    ram = psutil.virtual_memory().total / 2**30
-    return f"{os.cpu_count()} CPUs ({cpu}), {ram:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 async def main(duration_s: float, runs: int, max_bytes: int) -> None:

@@ -30,8 +30,6 @@ import collections
 import contextlib
 import cProfile
 import logging
-import os
-import platform
 import pstats
 import statistics
 import sys
@@ -42,13 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiohttp import web
 
-from bench.sampling import RssSampler
+from bench.sampling import RssSampler, machine
 from bot import point_at_discord
 from services.logs import setup_logging
 from services.offline.discord import FakeDiscord, point_discord_py_at
@@ -285,19 +281,6 @@ async def run(args: argparse.Namespace) -> Results:
                 results.statuses[status] = results.statuses.get(status, 0) + 1
     results.peak_rss, results.peak_children_rss = rss.peak, rss.peak_children
     return results
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    ram = psutil.virtual_memory().total / 2**30
-    return (
-        f"{os.cpu_count()} CPUs ({model}), {ram:.1f} GiB RAM, Python {platform.python_version()}, {platform.system()}"
-    )
 
 
 def report(args: argparse.Namespace, r: Results) -> None:

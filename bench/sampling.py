@@ -1,11 +1,14 @@
-"""What the benchmarks measure about this process: CPU time (its own and its finished children's) and peak
-resident memory over a block, sampled from a thread so a busy event loop cannot hide a peak."""
+"""What the benchmarks measure about this process and machine: CPU time (its own and its finished children's), peak
+resident memory over a block (sampled from a thread, so a busy event loop cannot hide a peak), and the machine."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import resource
 import threading
+from pathlib import Path
 
 import psutil
 
@@ -14,6 +17,20 @@ def cpu_seconds() -> float:
     """CPU time used so far by this process and by its children that have exited (ffmpeg)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def machine() -> str:
+    """One line for a benchmark's report: CPUs, RAM, Python and the system."""
+    model = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    ram = psutil.virtual_memory().total / 2**30
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {ram:.1f} GiB RAM, Python {platform.python_version()}, {platform.system()}"
+    )
 
 
 class RssSampler:

@@ -21,8 +21,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,11 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.sampling import RssSampler, cpu_seconds
+from bench.sampling import RssSampler, cpu_seconds, machine
 from services.ffmpeg import probe_audio
 from services.funmusic.client import FunMusicClient
 from services.funmusic.request import GenerationRequest
@@ -153,20 +150,6 @@ async def traced_peak(fn: Callable[[str, Path], Awaitable[int]], base_url: str, 
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    ram = psutil.virtual_memory().total / 2**30
-    return f"{os.cpu_count()} CPUs ({cpu}), {ram:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 def mb(n: float) -> str:
