@@ -1,5 +1,6 @@
-"""An offline Discord for end-to-end tests: `FakeDiscord` serves the REST API and the gateway on 127.0.0.1,
-enforces Discord's rules, records every request and keeps what members would see.
+"""An offline Discord for the demo and the end-to-end tests: `FakeDiscord` serves the REST API and the gateway on
+127.0.0.1, enforces Discord's rules, records every request and keeps what members would see (how faithful, and
+where not: docs/offline.md).
 
     fake = FakeDiscord(token="test-token")
     await fake.start()

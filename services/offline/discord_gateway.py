@@ -64,7 +64,7 @@ class Connection:
 
 
 class Gateway:
-    """The websocket handler plus the controls the tests use (`dispatch`, `drop`, `reconnect`)."""
+    """The websocket handler plus the controls the tests and the demo use (`dispatch`, `drop`)."""
 
     def __init__(
         self,
