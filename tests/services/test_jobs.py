@@ -143,6 +143,15 @@ class Rig:
         self.tasks[prompt] = self.jobs.submit(spec, observer)
         return observer
 
+    async def line_up(self, *prompts: str) -> list[RecordingObserver]:
+        """Submit these songs in order, then wait until the first is generating and the others were told their
+        place in the queue (one at a time: the rig's default manager)."""
+        observers = [await self.submit(prompt) for prompt in prompts]
+        await self.generator.began(prompts[0])
+        for observer in observers[1:]:
+            await observer.told_queued.wait()
+        return observers
+
     def open(self, *, max_concurrent: int, queue_size: int = 10) -> JobManager:
         """The manager under test, with these limits (once per test, before anything is submitted)."""
         assert self.manager is None
@@ -180,12 +189,7 @@ async def rig(store: Store, clock: FakeClock, tmp_path: Path) -> AsyncIterator[R
 
 
 async def test_jobs_start_in_the_order_they_were_submitted(rig: Rig) -> None:
-    await rig.submit("first")
-    second = await rig.submit("second")
-    third = await rig.submit("third")
-    await rig.generator.began("first")
-    await second.told_queued.wait()
-    await third.told_queued.wait()
+    _, second, third = await rig.line_up("first", "second", "third")
     assert (second.positions, third.positions) == ([1], [2])
     assert await rig.status("second") is JobStatus.QUEUED
 
@@ -227,11 +231,7 @@ async def test_a_server_at_its_limit_waits_while_another_server_starts(rig: Rig)
 
 
 async def test_cancel_while_queued_never_generates_and_leaves_the_queue(rig: Rig) -> None:
-    await rig.submit("running")
-    queued = await rig.submit("queued")
-    behind = await rig.submit("behind")
-    await rig.generator.began("running")
-    await behind.told_queued.wait()
+    _, queued, behind = await rig.line_up("running", "queued", "behind")
 
     assert rig.jobs.cancel(rig.ids["queued"], MODERATOR)
     await rig.done("queued")
@@ -249,10 +249,7 @@ async def test_cancel_while_queued_never_generates_and_leaves_the_queue(rig: Rig
 
 
 async def test_shutdown_interrupts_running_and_queued_jobs_and_refuses_new_ones(rig: Rig) -> None:
-    running = await rig.submit("running")
-    queued = await rig.submit("queued")
-    await rig.generator.began("running")
-    await queued.told_queued.wait()
+    running, queued = await rig.line_up("running", "queued")
 
     await rig.jobs.shutdown(grace_s=5.0)
 
