@@ -43,4 +43,4 @@ def repair_wav_file(path: Path) -> bool:
     return changed
 
 
-__all__ = ["HEADER_SCAN_BYTES", "find_data_chunk", "fix_sizes", "repair_wav_file"]
+__all__ = ["HEADER_SCAN_BYTES", "fix_sizes", "repair_wav_file"]

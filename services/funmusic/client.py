@@ -2,7 +2,7 @@
 
 ``generate`` validates the request (no network before that), then POSTs to DashScope, streaming (SSE) when the input
 fits the streaming limits and not otherwise, and ends with a file in ``out_dir`` that has been decoded by ffmpeg to
-measure it. What it guards against, with the reasons in ``dashscope-wire.md``:
+measure it. What it guards against, with the reasons in ``docs/dashscope.md``:
 
 - aiohttp's line reader dies on long lines, so the body is read with ``iter_any()`` into our own SSE parser;
 - each event's base64 is decoded on its own (strictly): joining padded chunks silently drops data; an event cut
@@ -345,7 +345,7 @@ class FunMusicClient:
         try:
             async with self._session.post(
                 self.endpoint,
-                json=req.body(streaming=streaming),
+                json=req.body(),
                 headers=self._headers(streaming),
                 timeout=self._timeout,
                 read_bufsize=READ_BUFSIZE,

@@ -216,7 +216,7 @@ class WriteBehind:
         """Queue one read's base64 payloads: decoded (each on its own) and written in order by the worker.
 
         An event cut mid-quantum (a length that is not a multiple of 4) keeps its last 1-3 characters for the
-        next event (``dashscope-wire.md`` §6.2), so each part decoded is whole quanta; invalid characters still
+        next event (``docs/dashscope.md`` §6.2), so each part decoded is whole quanta; invalid characters still
         fail, strictly. A payload is the base64's bytes (normally a view of the event as received); a str is
         taken as its UTF-8, where anything not ASCII is as invalid as it was in the str.
         """

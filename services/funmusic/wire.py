@@ -3,7 +3,7 @@
 No network and no files here: an event's JSON read without copying its audio (:func:`parse_event_json`), the
 finishing event (or non-streaming body) read into a :class:`Final` with its bookkeeping normalised, one event's
 base64 decoded strictly (:func:`decode_audio`), and an error answer's body (JSON or an SSE ``event:error`` block).
-The reasons are in ``dashscope-wire.md``.
+The reasons are in ``docs/dashscope.md``.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def is_blank(event: SSEEvent) -> bool:
 
 
 def is_stop(output: Mapping[str, Any]) -> bool:
-    """``"null"``, ``""``, JSON null and a missing field all mean "not finished" (``dashscope-wire.md`` §2)."""
+    """``"null"``, ``""``, JSON null and a missing field all mean "not finished" (``docs/dashscope.md`` §2)."""
     reason = output.get("finish_reason")
     return isinstance(reason, str) and reason.strip().lower() == "stop"
 
