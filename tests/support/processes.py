@@ -58,3 +58,38 @@ async def bot_process(env: Mapping[str, str]) -> AsyncIterator[BotProcess]:
             proc.kill()
             await proc.wait()
         await bot.reader
+
+
+async def run_bot_command(*args: str, env: Mapping[str, str], timeout: float = 60) -> tuple[int, str, str]:
+    """Run ``python bot.py ARGS`` to its end; returns (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "bot.py",
+        *args,
+        cwd=ROOT,
+        env=child_env(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+async def broken_ffmpeg_path(folder: Path, complaint: str) -> str:
+    """A PATH whose first ``ffmpeg`` fails as a broken install does: ``complaint`` on stderr, exit code 127."""
+
+    def install() -> None:
+        folder.mkdir(parents=True)
+        ffmpeg = folder / "ffmpeg"
+        ffmpeg.write_text(f"#!/bin/sh\necho '{complaint}' >&2\nexit 127\n")
+        ffmpeg.chmod(0o755)
+
+    await asyncio.to_thread(install)
+    return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
