@@ -118,6 +118,15 @@ class Harness:
         assert message.ephemeral
         return False, message.content
 
+    async def logged(self, text: str, timeout: float = 20.0) -> str:
+        """The first log line containing ``text``, once the bot wrote it."""
+        async with asyncio.timeout(timeout):
+            while True:
+                found = [line for line in self.logs.lines if text in line]
+                if found:
+                    return found[0]
+                await asyncio.sleep(0.05)
+
     async def wait_job_status(self, job_id: int, *statuses: str, timeout: float = 20.0) -> Any:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,17 +38,23 @@ def child_env(env: Mapping[str, str]) -> dict[str, str]:
     return {**base, **env, "PYTHONUNBUFFERED": "1"}
 
 
-@contextlib.asynccontextmanager
-async def bot_process(env: Mapping[str, str]) -> AsyncIterator[BotProcess]:
-    proc = await asyncio.create_subprocess_exec(
+async def _spawn(args: Sequence[str], env: Mapping[str, str], *, stderr: int) -> asyncio.subprocess.Process:
+    """``python bot.py ARGS`` from the checkout, with a clean environment plus ``env``, stdout piped."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "bot.py",
+        *args,
         cwd=ROOT,
         env=child_env(env),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=stderr,
     )
+
+
+@contextlib.asynccontextmanager
+async def bot_process(env: Mapping[str, str]) -> AsyncIterator[BotProcess]:
+    proc = await _spawn((), env, stderr=asyncio.subprocess.STDOUT)
     bot = BotProcess(proc)
     bot.reader = asyncio.create_task(bot._read())
     try:
@@ -62,16 +68,7 @@ async def bot_process(env: Mapping[str, str]) -> AsyncIterator[BotProcess]:
 
 async def run_bot_command(*args: str, env: Mapping[str, str], timeout: float = 60) -> tuple[int, str, str]:
     """Run ``python bot.py ARGS`` to its end; returns (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "bot.py",
-        *args,
-        cwd=ROOT,
-        env=child_env(env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await _spawn(args, env, stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     finally:
