@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from cogs._checks import is_manager
 from cogs._limits import CONTENT, EMBED_DESCRIPTION, FIELD_VALUE, escaped, fit_embed, fit_lines, fit_text
 from cogs._words import (
     NO_PINGS,
@@ -26,7 +27,6 @@ from cogs._words import (
     plural,
     relative,
 )
-from cogs.song import is_manager
 from services.errors import InvalidInput
 from services.guild_settings import SETTINGS, SHOWN_IDS, SPECS, GuildSettings, SettingSpec
 from services.policy import GlobalUsage, MemberUsage, ServerUsage

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, Unpack
+from typing import Protocol, Unpack
 
 from services.audio import FitResult, Tags, fit, waveform_png
 from services.errors import CannotFit, ServiceError, SongbotError
@@ -169,20 +169,21 @@ class Place:
         self.user_id = user_id
         self.claimed = False
 
-    def queue_has_room(self) -> bool:
+    def member_songs(self) -> int:
+        """For ``Policy.admit``: the member's songs queued or generating, counting requests being admitted."""
+        return self._manager.in_progress(self.user_id)
+
+    def claim(self) -> bool:
         """For ``Policy.admit``: if the queue has room, claim a place in it."""
-        if not self.claimed and self._manager.queue_has_room():
-            self.claimed = True
-            self._manager._claims[self.user_id] += 1
+        if not self.claimed:
+            self.claimed = self._manager.claim_place(self.user_id)
         return self.claimed
 
     def release(self) -> None:
         """Give the claim back (after ``submit``, or when the request was refused). Idempotent."""
         if self.claimed:
             self.claimed = False
-            self._manager._claims[self.user_id] -= 1
-            if self._manager._claims[self.user_id] <= 0:
-                del self._manager._claims[self.user_id]
+            self._manager.release_place(self.user_id)
 
 
 @dataclass(eq=False)
@@ -262,8 +263,20 @@ class JobManager:
         return len(self.jobs_of(user_id)) + self._claims[user_id]
 
     def place(self, user_id: int) -> Place:
-        """An unclaimed place for a new request of this member; pass its ``queue_has_room`` to the policy."""
+        """An unclaimed place for a new request of this member; pass it to ``Policy.admit``."""
         return Place(self, user_id)
+
+    def claim_place(self, user_id: int) -> bool:
+        """A place in the queue for a request being admitted (see Place), if the queue has room."""
+        if not self.queue_has_room():
+            return False
+        self._claims[user_id] += 1
+        return True
+
+    def release_place(self, user_id: int) -> None:
+        self._claims[user_id] -= 1
+        if self._claims[user_id] <= 0:
+            del self._claims[user_id]
 
     # --- commands ------------------------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, observer: JobObserver) -> asyncio.Task[None]:

@@ -12,6 +12,8 @@ The order, first refusal wins (each with its own one-sentence message and a :cla
 8. queue full: this server already has ``max_queued`` songs waiting (jobs admitted but not started, counted in the
    database, so every process sharing it agrees), or the process's global bound (``SONGBOT_QUEUE_SIZE``) is reached.
    Either refusal says when to try again (about one song's generation time from now).
+9. member busy: the member already has ``MAX_JOBS_PER_MEMBER`` songs queued or generating (or being admitted), so
+   one member cannot fill the shared queue; checked between the two queue bounds.
 
 Admission checks all of that and, in the same write transaction, creates the job (status ``accepted``) and
 reserves 1 song plus the estimated seconds, so concurrent requests can never overspend a quota. Reserved but
@@ -37,10 +39,11 @@ applies to the very next one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
+from typing import Protocol
 
 from services.clock import Clock, utc_day
 from services.errors import PolicyRefusal
@@ -48,6 +51,8 @@ from services.guild_settings import DEFAULTS, GuildSettings
 from services.store import DM_GUILD, MemberTotals, Store, Tx
 from services.text import listing, plural
 
+#: Songs one member may have queued or generating at once, so one member cannot fill the shared queue.
+MAX_JOBS_PER_MEMBER = 2
 #: How many channel or role mentions a refusal lists before "and N more".
 _MENTION_LIMIT = 5
 
@@ -62,6 +67,20 @@ class RefusalReason(StrEnum):
     SERVER_MINUTES = "server_minutes"
     GLOBAL_BUDGET = "global_budget"
     QUEUE_FULL = "queue_full"
+    MEMBER_BUSY = "member_busy"
+
+
+class QueuePlace(Protocol):
+    """A request's place in the job queue (``services.jobs.Place``), claimed inside :meth:`Policy.admit`'s write
+    transaction, which excludes other admissions."""
+
+    def member_songs(self) -> int:
+        """The member's songs queued or generating, counting their requests still being admitted."""
+        ...
+
+    def claim(self) -> bool:
+        """If the queue has room, claim a place in it; True once claimed."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -164,7 +183,7 @@ class Policy:
         prompt: str | None,
         lyrics: str | None,
         options: Mapping[str, object],
-        queue_has_room: Callable[[], bool],
+        place: QueuePlace,
         interaction_token: str | None = None,
     ) -> Admission:
         """Check the chain; on success create the job and reserve its quota atomically.
@@ -193,7 +212,12 @@ class Policy:
                     f"try again {_relative(retry)}.",
                     retry_at=_epoch(retry),
                 )
-            if not queue_has_room():
+            if place.member_songs() >= MAX_JOBS_PER_MEMBER:
+                raise PolicyRefusal(
+                    RefusalReason.MEMBER_BUSY,
+                    f"You already have {MAX_JOBS_PER_MEMBER} songs in progress; wait for one to finish (or cancel it).",
+                )
+            if not place.claim():
                 raise PolicyRefusal(
                     RefusalReason.QUEUE_FULL,
                     f"The song queue is full right now; try again {_relative(retry)}.",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import re
@@ -28,8 +29,7 @@ import pytest
 from aiohttp import web
 from blockbuster import BlockingError
 
-from cogs._delivery import DiscordJobObserver
-from cogs.song import MAX_JOBS_PER_MEMBER, decode_lyrics_file
+from cogs.song._delivery import DiscordJobObserver
 from services.errors import DownloadError, InvalidInput
 from services.funmusic.client import FunMusicClient
 from services.funmusic.request import GenerationRequest
@@ -37,8 +37,10 @@ from services.guild_settings import DEFAULTS
 from services.logs import REDACTED, setup_logging
 from services.offline.discord_rest import Recorded
 from services.offline.payloads import MEMBER_PERMISSIONS, MODERATOR_PERMISSIONS, Perm
+from services.policy import MAX_JOBS_PER_MEMBER
 from services.settings import Secret
 from services.simulator import FunMusicSimulator, Scenario
+from services.song_request import decode_lyrics_file
 from tests import sim_fixtures
 from tests.e2e import TOKEN, Harness, running_bot
 from tests.sim_fixtures import SIM_KEY, make_client
@@ -570,13 +572,15 @@ def _spin() -> None:
 
 
 def _observer_stage_doing(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
-    original = DiscordJobObserver.stage
+    # the class the running bot uses: unloading an extension (a bot closing) drops its package's modules
+    observer: type[DiscordJobObserver] = importlib.import_module("cogs.song._delivery").DiscordJobObserver
+    original = observer.stage
 
     async def stage(self: DiscordJobObserver, stage: str, progress: Any) -> None:
         action()
         await original(self, stage, progress)
 
-    monkeypatch.setattr(DiscordJobObserver, "stage", stage)
+    monkeypatch.setattr(observer, "stage", stage)
 
 
 async def test_guards_catch_what_the_bot_swallows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

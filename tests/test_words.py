@@ -10,7 +10,6 @@ from pathlib import Path
 import discord
 import pytest
 
-from cogs._delivery import LYRICS_IN_EMBED, SongContext, SongMessage
 from cogs._limits import (
     BUTTON_LABEL,
     CONTENT,
@@ -27,6 +26,7 @@ from cogs._limits import (
 from cogs._words import failure_text, refusal_text
 from cogs.config import describe_change, history_embed, settings_embed, usage_embed
 from cogs.song import CancelButton, RegenerateButton
+from cogs.song._delivery import LYRICS_IN_EMBED, SongContext, SongMessage
 from services.audio import FitResult, Tags
 from services.errors import InvalidInput, PolicyRefusal
 from services.funmusic.request import GenerationRequest, GenerationResult

@@ -15,7 +15,6 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import aiohttp
 import discord
@@ -34,13 +33,11 @@ from cogs._words import (
     plural,
     relative,
 )
+from cogs.song._views import CancelButton, RegenerateButton
 from services.audio import slugify
 from services.errors import SongbotError
 from services.funmusic.request import GenerationRequest, Progress
 from services.jobs import Delivery, DeliveryFailed, PreparedSong
-
-if TYPE_CHECKING:
-    from cogs.song import CancelButton, RegenerateButton
 
 log = logging.getLogger(__name__)
 
@@ -238,30 +235,21 @@ class SongMessage:
 class DiscordJobObserver:
     """The cog's side of one job: shows its progress and delivers it (see the module docstring)."""
 
-    def __init__(
-        self,
-        interaction: discord.Interaction,
-        ctx: SongContext,
-        *,
-        cancel_button: type[CancelButton],
-        regenerate_button: type[RegenerateButton],
-    ) -> None:
+    def __init__(self, interaction: discord.Interaction, ctx: SongContext) -> None:
         self.interaction = interaction
         self.ctx = ctx
         self.editor = ProgressEditor(interaction)
-        self._cancel_button = cancel_button
-        self._regenerate_button = regenerate_button
         self._client = interaction.client
 
     # --- progress ------------------------------------------------------------------------------------------------
     def _cancel_view(self) -> discord.ui.View:
         view = discord.ui.View(timeout=None)
-        view.add_item(self._cancel_button(self.ctx.job_id))
+        view.add_item(CancelButton(self.ctx.job_id))
         return view
 
     def _result_view(self) -> discord.ui.View:
         view = discord.ui.View(timeout=None)
-        view.add_item(self._regenerate_button(self.ctx.job_id))
+        view.add_item(RegenerateButton(self.ctx.job_id))
         return view
 
     async def queued(self, position: int) -> None:
