@@ -44,7 +44,7 @@ from services.guild_settings import GuildSettings
 from services.jobs import JobSpec, Place
 from services.policy import RequestContext
 from services.song_request import SongOptions, read_lyrics_file, resolve, title_for
-from services.store import JobRecord
+from services.store import JobRecord, JobStatus
 
 if TYPE_CHECKING:
     from bot import Services, SongBot
@@ -227,7 +227,7 @@ class SongCog(commands.Cog):
         except discord.HTTPException as exc:
             log.warning("job %s: could not defer (%s); refunding", job_id, exc)
             await self.services.policy.refund(job_id)
-            await self.services.store.transition(job_id, "failed", error_code="defer")
+            await self.services.store.transition(job_id, JobStatus.FAILED, error_code="defer")
             return False
         return True
 

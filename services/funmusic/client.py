@@ -62,7 +62,14 @@ from services.errors import (
 from services.ffmpeg import AudioInfo, DecodeCheck, FfmpegError, write_all
 from services.funmusic.errors_map import body_from_json, clamp_id, classify, parse_error_body, parse_retry_after
 from services.funmusic.limiter import RateLimiter
-from services.funmusic.request import GenerationRequest, GenerationResult, Mode, Progress, ProgressCallback
+from services.funmusic.request import (
+    GenerationRequest,
+    GenerationResult,
+    Mode,
+    Progress,
+    ProgressCallback,
+    ProgressStage,
+)
 from services.funmusic.sse import EventTooLarge, SSEEvent, SSEParser
 from services.settings import Secret, Settings
 from services.wav import find_data_chunk, repair_wav_file
@@ -456,7 +463,7 @@ class _Reporter:
         self._tag = tag
         self.attempt = 1
 
-    async def __call__(self, stage: str, bytes_received: int = 0, seconds_received: float = 0.0) -> None:
+    async def __call__(self, stage: ProgressStage, bytes_received: int = 0, seconds_received: float = 0.0) -> None:
         if self._callback is None:
             return
         try:
@@ -674,14 +681,14 @@ class FunMusicClient:
                     raise
                 delay = self.backoff_delay(attempt, exc)
                 log.warning("fun-music %s %s attempt %d failed, retrying in %.2f s: %s", tag, what, attempt, delay, exc)
-                await report("retrying")
+                await report(ProgressStage.RETRYING)
                 await self._sleep(delay)
 
     async def _generate_with_retries(
         self, req: GenerationRequest, mode: Mode, sink: _AudioSink, report: _Reporter, tag: str
     ) -> _Final:
         async def once() -> _Final:
-            await report("connecting")
+            await report(ProgressStage.CONNECTING)
             await sink.start()
             try:
                 return await self._attempt(req, mode, sink, report, tag)
@@ -932,7 +939,7 @@ class FunMusicClient:
     async def _download(self, url: str, sink: _AudioSink, report: _Reporter, tag: str) -> None:
         current = self.check_download_url(url)
         for _hop in range(MAX_REDIRECTS + 1):
-            await report("downloading")
+            await report(ProgressStage.DOWNLOADING)
             try:
                 async with self._session.get(
                     current, allow_redirects=False, timeout=self._timeout, read_bufsize=READ_BUFSIZE
@@ -967,7 +974,7 @@ class FunMusicClient:
             if not sink.bytes_written:
                 await sink.begin_check(chunk[:HEAD_BYTES])
             await asyncio.to_thread(sink.write_raw, chunk)
-            await report("downloading", sink.bytes_written, sink.seconds())
+            await report(ProgressStage.DOWNLOADING, sink.bytes_written, sink.seconds())
         if resp.content_length is not None and sink.bytes_written != resp.content_length:
             raise DownloadError("the audio download ended early", retryable=True)
         log.info("fun-music %s downloaded %d bytes from %s", tag, sink.bytes_written, resp.url.host)
@@ -1034,7 +1041,7 @@ class _WriteBehind:
         self._request_id = request_id
         if self._batch_bytes >= self.BATCH_BYTES:
             await self._hand_over()
-        await self._report("generating", self.meter.count, self.meter.seconds())
+        await self._report(ProgressStage.GENERATING, self.meter.count, self.meter.seconds())
 
     def _whole_quanta(self, payload: str) -> str:
         """``payload`` behind the carried characters, less a new tail that does not fill a quantum (carried)."""
