@@ -15,10 +15,10 @@ import contextlib
 import logging
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TextIO, cast
 
 import aiohttp
 import discord
@@ -33,9 +33,11 @@ from services import startup
 from services.clock import Clock, SystemClock
 from services.errors import ConfigError, SongbotError
 from services.funmusic.client import FunMusicClient
+from services.health import HealthServer
 from services.housekeeping import sweep
 from services.jobs import JobManager
 from services.logs import setup_logging
+from services.metrics import Metrics
 from services.policy import Policy
 from services.settings import Settings, load_settings
 from services.signals import stop_on_signals
@@ -63,6 +65,7 @@ class Services:
     jobs: JobManager
     work_dir: Path
     simulator: Any | None = None
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def point_at_discord(settings: Settings) -> None:
@@ -113,7 +116,9 @@ class SongBot(commands.Bot):
         **options: Any,
     ) -> None:
         quiet_voice_warnings()
+        self.metrics = Metrics()
         super().__init__(
+            http_trace=self.metrics.discord_trace(),
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=False),
@@ -127,6 +132,8 @@ class SongBot(commands.Bot):
         self.sync_only = sync_only
         self._services: Services | None = None
         self.stopping = False
+        self._health: HealthServer | None = None
+        self._lag_sampler: asyncio.Task[None] | None = None
 
     @property
     def services(self) -> Services:
@@ -145,6 +152,34 @@ class SongBot(commands.Bot):
             await self._recover_interrupted_jobs()
             # now that no job of the last run counts as running: its job folders and partial files go at once
             await sweep(self.services.store, self.services.work_dir, retention_days=0)
+            await self._start_health()
+
+    @property
+    def health_port(self) -> int | None:
+        """The port /healthz and /metrics answer on (the one picked when SONGBOT_HEALTH_PORT=0), or None."""
+        return self._health.port if self._health is not None else None
+
+    async def _start_health(self) -> None:
+        """Metrics always (cheap); the HTTP port only when SONGBOT_HEALTH_PORT is set."""
+        services = self.services
+        self.metrics.watch_database(services.store, services.policy)
+        self._lag_sampler = asyncio.create_task(self.metrics.sample_loop_lag(), name="songbot-loop-lag")
+        if self.settings.health_port is None:
+            return
+
+        async def database() -> bool:
+            await services.store.schema_version()
+            return True
+
+        async def gateway() -> bool:
+            connection = self.ws  # None before the first connection; .open is False while reconnecting
+            return self.is_ready() and not self.is_closed() and connection is not None and connection.open
+
+        checks = {"database": database, "gateway": gateway}
+        self._health = HealthServer(
+            self.metrics, checks, host=self.settings.health_host, port=self.settings.health_port
+        )
+        await self._health.start()
 
     async def _create_services(self) -> Services:
         settings = self.settings
@@ -167,8 +202,16 @@ class SongBot(commands.Bot):
             work_dir=work_dir,
             max_concurrent=settings.max_concurrent_generations,
             queue_size=settings.queue_size,
+            metrics=self.metrics,
         )
-        return Services(settings, self.clock, session, client, store, policy, jobs, work_dir, simulator)
+        return Services(settings, self.clock, session, client, store, policy, jobs, work_dir, simulator, self.metrics)
+
+    def command_payloads(self) -> list[dict[str, Any]]:
+        """The commands as Discord would receive them (for ``DEV_GUILD_ID``, the global ones copied there)."""
+        guild = discord.Object(self.settings.dev_guild_id) if self.settings.dev_guild_id else None
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        return [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
 
     async def _sync_commands(self) -> None:
         """Sync when what Discord has for this application differs from the tree (or when asked).
@@ -178,9 +221,7 @@ class SongBot(commands.Bot):
         pushed again (Discord limits command creates per day).
         """
         guild = discord.Object(self.settings.dev_guild_id) if self.settings.dev_guild_id else None
-        if guild is not None:
-            self.tree.copy_global_to(guild=guild)
-        wanted = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
+        wanted = self.command_payloads()
         if not self.force_sync:
             app_id = self.application_id
             assert app_id is not None  # set by login, before setup_hook
@@ -256,6 +297,12 @@ class SongBot(commands.Bot):
         services = self._services
         if services is not None:
             await services.jobs.shutdown()
+        if self._health is not None:
+            await self._health.close()
+            self._health = None
+        if self._lag_sampler is not None:
+            self._lag_sampler.cancel()
+            self._lag_sampler = None
         await super().close()
         if services is not None:
             await services.store.close()
@@ -361,13 +408,15 @@ async def print_invite(settings: Settings) -> None:
 
 
 USAGE = """\
-usage: songbot [run | generate ... | sync | invite | demo ...] [--help] [--version]
+usage: songbot [run | generate ... | sync | invite | doctor | demo ...] [--help] [--version]
        (or python bot.py ... in a checkout)
 
   run         run the Discord bot (the default)
   generate    make one song from the command line; songbot generate --help for its options
   sync        push the slash commands to Discord now, then exit
   invite      print the url that adds the bot to a server
+  doctor      check the token, the commands, DashScope, ffmpeg, the database, the work folder and the
+              channels moderators chose; one line each, exit 1 when something fails
   demo        the bot against an offline Discord and the simulator, narrated; songbot demo --help
 
 Settings come from the environment and from .env in the current directory (see .env.example)."""
@@ -385,6 +434,61 @@ def version() -> str:
 
         with (Path(__file__).resolve().parent / "pyproject.toml").open("rb") as fh:
             return str(tomllib.load(fh)["project"]["version"])
+
+
+async def run_doctor(settings: Settings, out: TextIO) -> int:
+    """``songbot doctor``: one line per check (see :mod:`services.doctor` and :mod:`cogs.doctor`); 1 if any failed."""
+    from cogs import doctor as discord_checks
+    from services import doctor
+
+    point_at_discord(settings)
+    quiet_voice_warnings()
+    client = discord.Client(intents=discord.Intents.none())
+    offline = SongBot(settings)  # never logged in: only its command tree is read, to compare with Discord's
+    for extension in EXTENSIONS:
+        if extension not in BACKGROUND_EXTENSIONS:
+            await offline.load_extension(extension)
+    wanted = offline.command_payloads()
+    local = doctor.local_checks(settings)
+    database_ok = False
+
+    async def token() -> list[doctor.CheckResult]:
+        return await discord_checks.check_token(client, settings.discord_token.reveal(), discord.http.Route.BASE)
+
+    async def commands_() -> list[doctor.CheckResult]:
+        return await discord_checks.check_commands(client, wanted, commands_match, settings.dev_guild_id)
+
+    async def database() -> list[doctor.CheckResult]:
+        nonlocal database_ok
+        results = await doctor.check_database(settings)
+        database_ok = all(result.verdict is doctor.Verdict.OK for result in results)
+        return results
+
+    async def channels() -> list[doctor.CheckResult]:
+        if not database_ok:
+            return doctor.skip("song channels", "not checked: the database check failed")
+        store = await Store.open(settings.database_url, clock=SystemClock())  # current: opening migrates nothing
+        try:
+            configured = await store.guilds_with_channels()
+        finally:
+            await store.close()
+        return await discord_checks.check_song_channels(client, configured, REQUIRED_PERMISSIONS)
+
+    local_by_name = {check.__name__: check for check in local}
+    checks = [
+        token,
+        commands_,
+        local_by_name["check_dashscope"],
+        local_by_name["check_ffmpeg_runs"],
+        database,
+        local_by_name["check_work_dir_writable"],
+        channels,
+    ]
+    try:
+        return await doctor.run_checklist(checks, out)
+    finally:
+        await client.close()
+        await offline.close()
 
 
 def run_demo_command(args: list[str]) -> int:
@@ -434,9 +538,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_generate(argv[1:])
     if command == "demo":
         return run_demo_command(argv[1:])
-    if command not in ("run", "sync", "invite"):
+    if command not in ("run", "sync", "invite", "doctor"):
         print(
-            f"error: unknown command {command!r}; use run, generate, sync, invite or demo (see --help).",
+            f"error: unknown command {command!r}; use run, generate, sync, invite, doctor or demo (see --help).",
             file=sys.stderr,
         )
         return 2
@@ -445,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if command == "doctor":
+        setup_logging("CRITICAL", settings.secrets())  # the checklist is the output
+        return asyncio.run(run_doctor(settings, sys.stdout))
     setup_logging(settings.log_level, settings.secrets(), log_format=settings.log_format)
     try:
         if command == "invite":

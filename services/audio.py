@@ -19,26 +19,36 @@ Tags, where the format has them:
 the tags (mp3: the ID3 tag is swapped in Python; ogg/wav: ffmpeg ``-c copy``), because without that the common
 case (an mp3 under the limit) would never carry its title and lyrics. The audio packets stay byte-identical.
 If the new tags would push the file over the limit, the original bytes are copied untouched instead.
+
+pydub runs inside a :class:`PydubJob` (one per :func:`fit` or :func:`transcode`): the temporary files it makes go in
+the job's directory (the ``out_dir`` or the destination's directory, i.e. the job's work dir) and are gone when the
+call returns, whatever the outcome; cancelling the call kills the ffmpeg pydub is running and waits for the worker
+thread to stop before the CancelledError goes on, so nothing is left running or half-written behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import logging
+import os
 import re
 import shutil
 import struct
+import subprocess
+import tempfile
+import threading
 import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TypeVar
 
 from services.errors import CannotFit
-from services.ffmpeg import FfmpegError, ffmpeg_exe, run_ffmpeg
+from services.ffmpeg import PROBE_BYTES, FfmpegError, ffmpeg_exe, run_ffmpeg
 from services.wav import find_data_chunk, fix_sizes
 
 with warnings.catch_warnings():
@@ -58,13 +68,18 @@ OGG_LADDER: tuple[int, ...] = (160, 128, 96, 64, 48, 32, 24)
 LADDERS: dict[str, tuple[int, ...]] = {"mp3": MP3_LADDER, "ogg": OGG_LADDER}
 DEFAULT_KBPS: dict[str, int] = {"mp3": 192, "ogg": 128}
 
-# Before encoding a rung, its size is guessed as duration * bitrate / 8 times this factor; a rung whose guess
-# is over the limit is skipped. CBR mp3 lands within a few percent of the guess; Opus is VBR and came out
-# between 0.85x and 1.4x of it on test music, so its factor is lower (skipping a rung that would have fitted
-# costs quality). After a real encode the measured ratio replaces the factor. The lowest rung is always
-# really encoded.
-_FIRST_GUESS = {"mp3": 0.95, "ogg": 0.7}
-_LEARNED_MARGIN = 0.85
+# Before encoding a rung, its size is predicted and a rung predicted over the limit is skipped, so usually only
+# the rung that fits is encoded. mp3 is CBR: its size is known in advance (the samples' frames, the overhead
+# below, and our ID3 tag; ``base_size`` in _fit_sync), so its factor is 1. Opus is VBR and came out
+# between 0.85x and 1.4x of duration * bitrate / 8 on test music, so its factor is lower (skipping a rung that
+# would have fitted costs quality). After a real encode the measured ratio, times the margin, replaces the
+# factor. The lowest rung is always really encoded.
+_FIRST_GUESS = {"mp3": 1.0, "ogg": 0.7}
+_LEARNED_MARGIN = {"mp3": 1.0, "ogg": 0.85}
+#: what an mp3 has beyond duration * bitrate / 8, in samples: LAME's delay and padding (2-3 frames) and the Xing
+#: frame, which at 32 kbps takes more than one frame's bytes. Measured at 22.05-48 kHz and 32-320 kbps, this
+#: predicts 0.3-2.4 frames more than the real size, never less
+_MP3_OVERHEAD_SAMPLES = 4 * 1152
 
 _DECODERS = {"mp3": "mp3float", "ogg": "opus"}
 _ENCODERS = {"mp3": "libmp3lame", "ogg": "libopus", "wav": "pcm_s16le"}
@@ -135,7 +150,7 @@ async def transcode(
     def work() -> None:
         _encode(_decode(src, src_format), dst, dst_format, kbps, tags)
 
-    await asyncio.to_thread(work)
+    await PydubJob(dst.parent).run(work)
     return dst
 
 
@@ -155,7 +170,9 @@ async def fit(
     own bitrate when the source is mp3 (likewise ogg from ogg). A WAV that does not fit falls back to mp3 (the
     original mp3 if the source is one and fits). Raises :class:`CannotFit` when even the lowest rung is too
     large. The source is decoded at most once, and never modified. Give each job its own ``out_dir``: the
-    file name comes from the title, so two jobs with one title would overwrite each other's file.
+    file name comes from the title, so two jobs with one title would overwrite each other's file. pydub's
+    temporary files go in ``out_dir`` too, and none is left there, nor a partial output, after success, failure
+    or cancellation; cancelling stops the ffmpeg it runs.
     """
     _check_format(src_format)
     _check_format(want_format)
@@ -166,8 +183,8 @@ async def fit(
     if src_format == want_format and src_size <= max_bytes:
         dst = await asyncio.to_thread(_output_path, out_dir, tags.title, src_format, src)
         return await _keep_async(src, src_format, dst, max_bytes, tags)
-    job = functools.partial(_fit_sync, src, src_format, src_size, want_format, max_bytes, tags, out_dir)
-    return await asyncio.to_thread(job)
+    job = PydubJob(out_dir)
+    return await job.run(functools.partial(_fit_sync, job, src, src_format, src_size, want_format, max_bytes, tags))
 
 
 async def waveform_png(
@@ -191,6 +208,10 @@ async def waveform_png(
     png = await run_ffmpeg(
         "-loglevel",
         "error",
+        # the stream's parameters are in the first bytes; probing the default 5 MB cost a third of the picture's
+        # CPU on a 200 s WAV (bench/after_last_byte.py, where it competes with the fit's encoder), same picture
+        "-probesize",
+        str(PROBE_BYTES),
         "-i",
         f"file:{src}",
         "-filter_complex",
@@ -254,7 +275,12 @@ def _output_path(out_dir: Path, title: str, fmt: str, src: Path) -> Path:
 
 @functools.cache
 def _pydub() -> Any:
-    """pydub's AudioSegment with our ffmpeg (PATH usually has none). Called in worker threads only."""
+    """pydub's AudioSegment with our ffmpeg (PATH usually has none), its temporary files and processes hooked
+    (see :class:`PydubJob`). Called in worker threads only."""
+    import pydub.audio_segment as segment_module
+
+    segment_module.NamedTemporaryFile = _hooked_temporary_file
+    segment_module.subprocess = _PydubSubprocess()
     AudioSegment.converter = ffmpeg_exe()
     return AudioSegment
 
@@ -270,14 +296,145 @@ def _tail(exc: Exception) -> str:
     return " | ".join(lines[-2:])
 
 
+# ---- pydub's jobs
+
+
+class JobCancelled(Exception):
+    """Raised in a :class:`PydubJob`'s worker thread once the job is cancelled (the caller sees CancelledError)."""
+
+
+_current = threading.local()
+_T = TypeVar("_T")
+
+
+class PydubJob:
+    """One call's pydub work, run in a worker thread: where its temporary files go, and the ffmpeg it runs.
+
+    pydub makes temporary files with ``tempfile.NamedTemporaryFile`` (in the system's temporary directory, and it
+    leaves them there when ffmpeg fails) and runs ffmpeg with ``subprocess.Popen``, out of the caller's reach.
+    :func:`_pydub` points those two names in pydub's module at hooks that, in a thread running a job, create the
+    files in the job's ``work_dir`` and remember the processes, and elsewhere do what pydub would have done.
+    """
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self._lock = threading.Lock()  # spawning and cancelling exclude each other: no ffmpeg starts after a cancel
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._files: list[Path] = []
+        self._handles: list[Any] = []  # pydub's temporary files, which it does not close when ffmpeg fails
+        self._cancelled = False
+
+    async def run(self, fn: Callable[[], _T]) -> _T:
+        """``fn()`` in a worker thread, as this job. Cancelling the caller kills the job's ffmpeg, waits for the
+        thread to stop (a second cancel does not cut that short) and removes the job's files, then re-raises."""
+        thread = asyncio.ensure_future(asyncio.to_thread(self._in_thread, fn))
+        try:
+            return await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            self.cancel()
+            while not thread.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([thread])
+            if not thread.cancelled():
+                thread.exception()  # what the thread raised once killed is moot: the caller was cancelled
+            raise
+
+    def cancel(self) -> None:
+        """Stop the job: kill the ffmpeg it runs; the thread then fails out. Any thread may call it."""
+        with self._lock:
+            self._cancelled = True
+            procs = list(self._procs)
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+
+    def check(self) -> None:
+        """In the worker thread, between steps: raise :class:`JobCancelled` if the job was cancelled."""
+        if self._cancelled:
+            raise JobCancelled
+
+    def scratch(self, suffix: str) -> Path:
+        """A new file name in ``work_dir`` for a result being made; removed with the job's temporary files."""
+        path = self.work_dir / f".fit-{os.urandom(8).hex()}{suffix}"
+        self._files.append(path)
+        return path
+
+    def popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._cancelled:
+                raise JobCancelled
+            proc: subprocess.Popen[bytes] = subprocess.Popen(*args, **kwargs)
+            self._procs.append(proc)
+        return proc
+
+    def temporary_file(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["dir"] = self.work_dir
+        kwargs.setdefault("prefix", ".pydub-")
+        fh = tempfile.NamedTemporaryFile(*args, **kwargs)
+        self._files.append(Path(fh.name))
+        self._handles.append(fh)
+        return fh
+
+    def _in_thread(self, fn: Callable[[], _T]) -> _T:
+        _current.job = self
+        try:
+            self.check()
+            return fn()
+        finally:
+            _current.job = None
+            self._reap()
+
+    def _reap(self) -> None:
+        """The job's end, in its thread: no ffmpeg of it still running, none of its temporary files left."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+        for fh in self._handles:
+            fh.close()
+        for path in self._files:
+            path.unlink(missing_ok=True)
+
+
+def _hooked_temporary_file(*args: Any, **kwargs: Any) -> Any:
+    """pydub's ``NamedTemporaryFile``: in the thread's :class:`PydubJob`'s directory, if there is one."""
+    job: PydubJob | None = getattr(_current, "job", None)
+    if job is None:
+        return tempfile.NamedTemporaryFile(*args, **kwargs)
+    return job.temporary_file(*args, **kwargs)
+
+
+class _PydubSubprocess:
+    """pydub's ``subprocess`` module: ``Popen`` goes through the thread's :class:`PydubJob`, if there is one."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        job: PydubJob | None = getattr(_current, "job", None)
+        if job is None:
+            return subprocess.Popen(*args, **kwargs)
+        return job.popen(*args, **kwargs)
+
+
 # ---- decoding and encoding (worker thread)
 
 
 def _decode(src: Path, fmt: str) -> Any:
-    """Decode the whole file into an AudioSegment. Always names the decoder so pydub never calls ffprobe."""
+    """Decode the whole file into an AudioSegment. Always names the decoder so pydub never calls ffprobe.
+
+    A 16- or 32-bit integer PCM WAV (what the service streams) is read straight into the segment: its samples
+    are the decoded audio already, and this holds one copy of them where pydub's WAV parser holds three or four.
+    """
     segment_cls = _pydub()
     try:
         if fmt == "wav":
+            segment = _read_pcm_wav(src, segment_cls)
+            if segment is not None:
+                return segment
             buf = bytearray(src.read_bytes())
             decoder, pydub_reads_it = _wav_decoder(buf)
             if _wav_sizes_are_placeholders(buf):
@@ -289,6 +446,35 @@ def _decode(src: Path, fmt: str) -> Any:
         raise FfmpegError(f"{fmt} did not decode: {_tail(exc)}") from None
     except ValueError as exc:
         raise FfmpegError(f"{fmt} did not decode: {exc}") from None
+
+
+#: a WAV's chunks before its samples fit in this many bytes (a few dozen, or a few KiB with metadata)
+_WAV_HEAD_BYTES = 64 * 1024
+
+
+def _read_pcm_wav(src: Path, segment_cls: Any) -> Any:
+    """A 16- or 32-bit integer PCM WAV's samples as an AudioSegment, read once; None for any other WAV.
+
+    The samples are the data chunk's, or up to the end of the file when its size is a placeholder (a streamed WAV
+    whose sizes were not repaired); a partial last frame is dropped.
+    """
+    with src.open("rb") as fh:
+        head = fh.read(_WAV_HEAD_BYTES)
+        data_at = find_data_chunk(head)
+        fmt = _wav_fmt(head)
+        if data_at is None or fmt is None:
+            return None
+        tag, channels, rate, bits = fmt
+        if tag != 1 or bits not in (16, 32) or channels < 1 or rate < 1:
+            return None
+        (size,) = struct.unpack_from("<I", head, data_at + 4)
+        available = os.fstat(fh.fileno()).st_size - (data_at + 8)
+        if size in (0, 0xFFFFFFFF) or size > available:
+            size = available
+        frame = channels * bits // 8
+        fh.seek(data_at + 8)
+        samples = fh.read(size - size % frame)
+    return segment_cls(data=samples, sample_width=bits // 8, frame_rate=rate, channels=channels)
 
 
 def _wav_sizes_are_placeholders(buf: bytes | bytearray) -> bool:
@@ -303,8 +489,9 @@ def _wav_sizes_are_placeholders(buf: bytes | bytearray) -> bool:
     return size in (0, 0xFFFFFFFF) or data_at + 8 + size > len(buf)
 
 
-def _wav_decoder(buf: bytes | bytearray) -> tuple[str, bool]:
-    """The ffmpeg decoder for this WAV's samples, and whether pydub's own parser handles it (integer PCM)."""
+def _wav_fmt(buf: bytes | bytearray) -> tuple[int, int, int, int] | None:
+    """A WAV's (format tag, channels, sample rate, bits per sample), the extensible tag resolved; None if its
+    header has no fmt chunk. Raises ValueError if it is not a RIFF/WAVE file."""
     if buf[:4] != b"RIFF" or buf[8:12] != b"WAVE":
         raise ValueError("not a RIFF/WAVE file")
     pos = 12
@@ -312,15 +499,24 @@ def _wav_decoder(buf: bytes | bytearray) -> tuple[str, bool]:
         chunk_id = bytes(buf[pos : pos + 4])
         (size,) = struct.unpack_from("<I", buf, pos + 4)
         if chunk_id == b"fmt " and pos + 8 + 16 <= len(buf):
-            tag, _, _, _, _, bits = struct.unpack_from("<HHIIHH", buf, pos + 8)
+            tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", buf, pos + 8)
             if tag == _WAVE_FORMAT_EXTENSIBLE and size >= 40 and pos + 8 + 26 <= len(buf):
                 (tag,) = struct.unpack_from("<H", buf, pos + 8 + 24)
-            decoder = _WAV_DECODERS.get((tag, bits))
-            if decoder is None:
-                raise ValueError(f"unsupported WAV samples (format {tag:#x}, {bits} bits)")
-            return decoder, tag == 1
+            return tag, channels, rate, bits
         pos += 8 + size + (size & 1)
-    raise ValueError("WAV has no fmt chunk")
+    return None
+
+
+def _wav_decoder(buf: bytes | bytearray) -> tuple[str, bool]:
+    """The ffmpeg decoder for this WAV's samples, and whether pydub's own parser handles it (integer PCM)."""
+    fmt = _wav_fmt(buf)
+    if fmt is None:
+        raise ValueError("WAV has no fmt chunk")
+    tag, _, _, bits = fmt
+    decoder = _WAV_DECODERS.get((tag, bits))
+    if decoder is None:
+        raise ValueError(f"unsupported WAV samples (format {tag:#x}, {bits} bits)")
+    return decoder, tag == 1
 
 
 def _encode(segment: Any, dst: Path, fmt: str, kbps: int | None, tags: Tags | None) -> int:
@@ -494,19 +690,27 @@ async def _keep_async(src: Path, fmt: str, dst: Path, max_bytes: int, tags: Tags
 
 
 def _fit_sync(
-    src: Path, src_format: str, src_size: int, want: str, max_bytes: int, tags: Tags, out_dir: Path
+    job: PydubJob, src: Path, src_format: str, src_size: int, want: str, max_bytes: int, tags: Tags
 ) -> FitResult:
-    """The part of :func:`fit` that needs the decoded audio; runs in a worker thread."""
+    """The part of :func:`fit` that needs the decoded audio; runs in the job's worker thread.
+
+    Each result is made under a scratch name and renamed into place once it fits, so a failure or a cancel never
+    leaves a partial file where the result goes.
+    """
+    out_dir = job.work_dir
     segment = _decode(src, src_format)
-    duration_s = segment.frame_count() / segment.frame_rate
+    job.check()
+    duration_s = float(segment.frame_count() / segment.frame_rate)
     if want == "wav":
         dst = _output_path(out_dir, tags.title, "wav", src)
         if _wav_size_guess(segment) <= max_bytes:
-            size = _encode(segment, dst, "wav", None, tags)
+            scratch = job.scratch(".wav")
+            size = _encode(segment, scratch, "wav", None, tags)
             if size <= max_bytes:
+                scratch.replace(dst)
                 log.info("fit: wav %d bytes <= %d", size, max_bytes)
                 return FitResult(path=dst, format="wav", size=size, bitrate_kbps=None, transcoded=True)
-            dst.unlink(missing_ok=True)
+            scratch.unlink()
         if src_format == "mp3" and src_size <= max_bytes:
             mp3 = _output_path(out_dir, tags.title, "mp3", src)
             size = _retag_mp3(src, mp3, tags)
@@ -517,8 +721,25 @@ def _fit_sync(
         want = "mp3"
     cap = _source_kbps(src, src_format, duration_s) if src_format == want else None
     dst = _output_path(out_dir, tags.title, want, src)
-    encode = functools.partial(_encode, segment, dst, want, tags=tags)
-    return _walk_ladder(encode, dst, want, duration_s, max_bytes, cap)
+    scratch = job.scratch(f".{want}")
+
+    def encode(kbps: int) -> int:
+        job.check()
+        return _encode(segment, scratch, want, kbps, tags)
+
+    if want == "mp3":
+        samples, rate, tag_bytes = float(segment.frame_count()), float(segment.frame_rate), len(_id3v2_tag(tags))
+
+        def base_size(kbps: int) -> float:
+            return (samples + _MP3_OVERHEAD_SAMPLES) / rate * kbps * 125 + tag_bytes
+    else:
+
+        def base_size(kbps: int) -> float:
+            return duration_s * kbps * 125
+
+    result = _walk_ladder(encode, base_size, scratch, want, duration_s, max_bytes, cap)
+    scratch.replace(dst)
+    return FitResult(path=dst, format=want, size=result.size, bitrate_kbps=result.bitrate_kbps, transcoded=True)
 
 
 def _wav_size_guess(segment: Any) -> int:
@@ -547,27 +768,33 @@ def ladder_for(fmt: str, source_kbps: float | None = None) -> tuple[int, ...]:
 
 def _walk_ladder(
     encode: Callable[[int], int],
+    base_size: Callable[[int], float],
     dst: Path,
     fmt: str,
     duration_s: float,
     max_bytes: int,
     source_kbps: float | None,
 ) -> FitResult:
-    """Encode rung by rung, best first, until the real size fits; skip rungs that clearly cannot fit."""
+    """Encode rung by rung, best first, until the real size fits; skip rungs predicted not to fit.
+
+    A rung's predicted size is ``base_size(kbps)`` times a factor (``_FIRST_GUESS``, then what the last real
+    encode measured), so usually the first rung encoded is the one that fits, and a rung is only stepped down
+    from when its real size is over the limit.
+    """
     rungs: Sequence[int] = ladder_for(fmt, source_kbps)
     ratio = _FIRST_GUESS[fmt]
     tried: list[str] = []
     for i, kbps in enumerate(rungs):
-        guess = duration_s * kbps * 125
-        if i < len(rungs) - 1 and guess * ratio > max_bytes:
+        base = base_size(kbps)
+        if i < len(rungs) - 1 and base * ratio > max_bytes:
             continue
         size = encode(kbps)
         tried.append(f"{kbps}k={size}")
         if size <= max_bytes:
             log.info("fit: %s at %d kbps, %d bytes <= %d (tried %s)", fmt, kbps, size, max_bytes, tried)
             return FitResult(path=dst, format=fmt, size=size, bitrate_kbps=kbps, transcoded=True)
-        if guess > 0:
-            ratio = size / guess * _LEARNED_MARGIN
+        if base > 0:
+            ratio = size / base * _LEARNED_MARGIN[fmt]
     dst.unlink(missing_ok=True)
     attempts = ", ".join(tried)
     raise CannotFit(f"{duration_s:.1f}s of audio won't fit in {max_bytes} bytes as {fmt} (tried {attempts})")
@@ -579,6 +806,7 @@ __all__ = [
     "MP3_LADDER",
     "OGG_LADDER",
     "FitResult",
+    "PydubJob",
     "Tags",
     "fit",
     "ladder_for",

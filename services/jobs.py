@@ -571,7 +571,17 @@ async def prepare_song(spec: JobSpec, result: GenerationResult, job_dir: Path) -
             log.warning("job %s: no waveform picture", spec.job_id, exc_info=True)
             return None
 
-    audio, wave = await asyncio.gather(fitted(), picture())
+    fitting, drawing = asyncio.ensure_future(fitted()), asyncio.ensure_future(picture())
+    try:
+        audio, wave = await asyncio.gather(fitting, drawing)
+    finally:
+        # a cancel (shutdown) ends the gather as soon as one of them ends, and a failure does not stop the other: wait
+        # for both, so that neither's ffmpeg outlives the job (its work dir is removed next). Cancel each at most
+        # once: a second cancel would cut short its clean-up (killing and reaping its ffmpeg).
+        for task in (fitting, drawing):
+            if not task.done() and not task.cancelling():
+                task.cancel()
+        await asyncio.wait((fitting, drawing))
     return PreparedSong(
         job_id=spec.job_id,
         result=result,

@@ -75,6 +75,8 @@ class Settings:
     requests_per_minute: int = 180
     data_dir: Path = field(default_factory=lambda: Path("data"))
     retention_days: int = 90
+    health_port: int | None = None
+    health_host: str = "127.0.0.1"
 
     @property
     def simulated(self) -> bool:
@@ -218,4 +220,6 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_discord: bool
         requests_per_minute=_int_required(_int(env, "SONGBOT_REQUESTS_PER_MINUTE", 180, 1, 10_000)),
         data_dir=Path(env.get("SONGBOT_DATA_DIR", "").strip() or "data"),
         retention_days=_int_required(_int(env, "SONGBOT_RETENTION_DAYS", 90, 0, 36500)),
+        health_port=_int(env, "SONGBOT_HEALTH_PORT", None, 0, 65535),
+        health_host=env.get("SONGBOT_HEALTH_HOST", "").strip() or "127.0.0.1",
     )

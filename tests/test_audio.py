@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import struct
-from dataclasses import dataclass
+import subprocess
+import tempfile
+import threading
+import tracemalloc
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from services import audio
 from services.audio import FitResult, Tags, fit, ladder_for, slugify, transcode, waveform_png
 from services.errors import CannotFit
 from services.ffmpeg import AudioInfo, FfmpegError, ffmpeg_exe, probe_audio, render_test_audio, run_ffmpeg
+from services.funmusic.request import GenerationRequest, GenerationResult
+from services.jobs import JobSpec, prepare_song
 
 TAGS = Tags(
     title="Señor Café ☕ 夜曲",
@@ -321,6 +329,217 @@ async def test_fit_output_never_overwrites_the_source(sources: Sources, tmp_path
     result = await fit(src, "mp3", "mp3", 10**7, tags=Tags(title="Song"), out_dir=tmp_path)
     assert result.path != src
     assert await _read(src) == original
+
+
+# ---------------------------------------------------------------------------------------------- ladder internals
+
+
+@dataclass
+class Spawned:
+    """Every process started while a test runs (subprocess.Popen, which pydub and asyncio both use)."""
+
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    encoder: threading.Event = field(default_factory=threading.Event)
+    waveform: threading.Event = field(default_factory=threading.Event)
+
+    def reading(self, path: Path) -> list[subprocess.Popen[bytes]]:
+        """The processes given ``path`` as an input: decodes of that file."""
+        return [p for p in self.procs if _input(p) in (str(path), f"file:{path}")]
+
+    def encoders(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self.procs if any(codec in _argv(p) for codec in ("libmp3lame", "libopus"))]
+
+
+def _input(proc: subprocess.Popen[bytes]) -> str | None:
+    argv = _argv(proc)
+    return argv[argv.index("-i") + 1] if "-i" in argv[:-1] else None
+
+
+def _argv(proc: subprocess.Popen[bytes]) -> list[str]:
+    args = proc.args
+    return [str(a) for a in args] if isinstance(args, list | tuple) else [str(args)]
+
+
+@pytest.fixture
+def spawned(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Spawned:
+    """Records every process; the system's temporary directory is an empty one of the test's own."""
+    record = Spawned()
+    real = subprocess.Popen
+
+    class Recorded(real):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            record.procs.append(self)
+            if any(codec in _argv(self) for codec in ("libmp3lame", "libopus")):
+                record.encoder.set()
+            if any("showwavespic" in arg for arg in _argv(self)):
+                record.waveform.set()
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    system_tmp = tmp_path_factory.mktemp("system-tmp")
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    return record
+
+
+@pytest.fixture
+def every_rung(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Predict every rung to fit, so the ladder really encodes rung after rung until one does."""
+    monkeypatch.setattr(audio, "_FIRST_GUESS", {"mp3": 0.0, "ogg": 0.0})
+    monkeypatch.setattr(audio, "_LEARNED_MARGIN", {"mp3": 0.0, "ogg": 0.0})
+
+
+@pytest.mark.usefixtures("every_rung")
+@pytest.mark.parametrize("src_fmt", ["wav", "mp3", "ogg"])
+async def test_the_ladder_decodes_the_source_once_whatever_the_number_of_rungs(
+    sources: Sources, tmp_path: Path, spawned: Spawned, monkeypatch: pytest.MonkeyPatch, src_fmt: str
+) -> None:
+    src = {"wav": sources.wav_stereo, "mp3": sources.mp3, "ogg": sources.ogg}[src_fmt]
+    decoded: list[Path] = []
+    original = audio._decode
+
+    def counting(path: Path, fmt: str) -> object:
+        decoded.append(path)
+        return original(path, fmt)
+
+    monkeypatch.setattr(audio, "_decode", counting)
+    out = tmp_path / "job"
+    max_bytes = 3 * 56 * 125  # about 56 kbps over 3 s: the top rungs are all too big
+    result = await fit(src, src_fmt, "mp3", max_bytes, tags=TAGS, out_dir=out)
+    assert result.transcoded and result.size <= max_bytes
+    assert len(spawned.encoders()) >= 3  # it walked down several rungs...
+    assert decoded == [src]  # ...from one decode: pydub's (an ffmpeg for mp3 and ogg, its own reader for WAV)
+    assert len(spawned.reading(src)) == (0 if src_fmt == "wav" else 1)
+    # and the result is still the whole song, with its lyrics
+    _assert_same_sound(await probe_audio(result.path), await probe_audio(src), sample_rate=None)
+    assert _id3_frames(await _read(result.path))[b"USLT"] == b"\x03und\x00" + TAGS.lyrics.encode()
+    assert (await read_tags(result.path, "mp3"))["lyrics-und"] == TAGS.lyrics
+
+
+async def test_the_rung_that_fits_is_predicted_so_only_it_is_encoded(
+    sources: Sources, tmp_path: Path, spawned: Spawned
+) -> None:
+    """320 kbps over 4 s is 160 000 bytes of bitrate, but an mp3 also holds the encoder's delay and padding, its
+    Xing frame and the tag: it does not fit in 160 000 bytes, and that is known without encoding it."""
+    result = await fit(sources.wav_stereo, "wav", "wav", 4 * 320 * 125, tags=TAGS, out_dir=tmp_path)
+    assert (result.format, result.bitrate_kbps) == ("mp3", 256)
+    assert len(spawned.encoders()) == 1
+
+
+async def _children() -> set[int]:
+    """This process's child processes, zombies included."""
+    children = await asyncio.to_thread(lambda: psutil.Process().children(recursive=True))
+    return {child.pid for child in children}
+
+
+def _pydub_files(spawned: Spawned) -> list[Path]:
+    """The files pydub's encoders read and wrote: its temporary WAV (after ``-i``) and output (the last argument)."""
+    files: list[Path] = []
+    for proc in spawned.encoders():
+        argv = _argv(proc)
+        files += [Path(str(_input(proc))), Path(argv[-1])]
+    return files
+
+
+async def _assert_no_temporary_files_outside(work_dir: Path, spawned: Spawned, left: list[str]) -> None:
+    files = _pydub_files(spawned)
+    assert files and all(f.parent == work_dir for f in files), files
+    assert await _listdir(work_dir) == left
+    assert await _listdir(Path(tempfile.gettempdir())) == []
+
+
+async def test_pydub_temporary_files_live_in_the_work_dir_and_go_after_success(
+    sources: Sources, tmp_path: Path, spawned: Spawned
+) -> None:
+    result = await fit(sources.wav_stereo, "wav", "ogg", 10**6, tags=TAGS, out_dir=tmp_path)
+    await _assert_no_temporary_files_outside(tmp_path, spawned, [result.path.name])
+
+
+async def test_pydub_temporary_files_go_after_a_failed_encode(
+    sources: Sources, tmp_path: Path, spawned: Spawned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder dies (killed from outside, as the OOM killer would): pydub leaves its files; fit does not."""
+    recorded = subprocess.Popen
+
+    class Dying(recorded):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if "libmp3lame" in _argv(self):
+                self.kill()
+
+    monkeypatch.setattr(subprocess, "Popen", Dying)
+    with pytest.raises(FfmpegError):
+        await fit(sources.wav_stereo, "wav", "mp3", 10**5, tags=TAGS, out_dir=tmp_path)
+    await _assert_no_temporary_files_outside(tmp_path, spawned, [])
+
+
+async def test_cancelling_fit_kills_its_ffmpeg_and_leaves_no_file(tmp_path: Path, spawned: Spawned) -> None:
+    src = tmp_path / "long.wav"
+    await asyncio.to_thread(src.write_bytes, await render_test_audio(60, fmt="wav"))  # seconds of encoding
+    out = tmp_path / "job"
+    task = asyncio.create_task(fit(src, "wav", "wav", 10**6, tags=TAGS, out_dir=out))
+    assert await asyncio.to_thread(spawned.encoder.wait, 60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [encoder] = spawned.encoders()
+    assert encoder.returncode == -signal.SIGKILL  # killed, not finished, and already reaped
+    assert encoder.pid not in await _children()
+    await _assert_no_temporary_files_outside(out, spawned, [])
+
+
+async def test_cancelling_prepare_song_stops_both_its_ffmpegs(tmp_path: Path, spawned: Spawned) -> None:
+    """What a shutdown does to a job in "processing": the fit's encoder and the waveform's ffmpeg both go."""
+    src = tmp_path / "job" / "song.wav"
+    await asyncio.to_thread(src.parent.mkdir)
+    await asyncio.to_thread(src.write_bytes, await render_test_audio(60, fmt="wav"))
+    spec = JobSpec(
+        job_id=1,
+        guild_id=1,
+        user_id=1,
+        request=GenerationRequest(prompt="a song", format="wav"),
+        want_format="mp3",
+        max_bytes=10**6,
+        tags=TAGS,
+        guild_limit=1,
+    )
+    result = GenerationResult(
+        audio_path=src,
+        format="wav",
+        lyrics=TAGS.lyrics,
+        duration_s=60.0,
+        sample_rate=48000,
+        channels=2,
+        request_id=None,
+        url=None,
+        url_expires_at=None,
+    )
+    task = asyncio.create_task(prepare_song(spec, result, src.parent))
+    assert await asyncio.to_thread(spawned.encoder.wait, 60)
+    assert await asyncio.to_thread(spawned.waveform.wait, 60)  # it may start after the encoder
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(spawned.reading(src)) == 1 and spawned.encoders()  # the waveform's and the fit's encoder ran
+    left = await _children()  # neither is running, nor left unreaped
+    assert not left, (left, [(proc.pid, proc.returncode, _argv(proc)[-1]) for proc in spawned.procs])
+    assert await _listdir(src.parent) == ["song.wav"]
+
+
+async def test_fit_holds_less_than_twice_the_decoded_audio(tmp_path: Path) -> None:
+    """Python's allocations at their peak while a WAV is fitted as mp3 (its ffmpeg is another process)."""
+    src = tmp_path / "song.wav"
+    pcm = await render_test_audio(20, fmt="wav")
+    await asyncio.to_thread(src.write_bytes, pcm)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        result = await fit(src, "wav", "wav", len(pcm) // 3, tags=TAGS, out_dir=tmp_path / "job")
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert result.format == "mp3"
+    assert peak <= 2 * len(pcm), f"{peak / len(pcm):.2f}x"
 
 
 # ---------------------------------------------------------------------------------------------- tags

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.health import HealthServer
 from services.metrics import Metrics
+from services.simulator import Scenario
+from tests.e2e import running_bot, wait_for_job
+
+ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -143,3 +148,41 @@ async def test_loop_lag_is_sampled() -> None:
     finally:
         task.cancel()
     assert metrics.value("songbot_event_loop_lag_seconds_count") >= 3
+
+
+async def test_the_running_bot_serves_health_and_metrics(tmp_path: Path) -> None:
+    """The real bot with SONGBOT_HEALTH_PORT: healthy once connected; a delivered song, a refused one and a
+    Discord 429 show in /metrics as Prometheus reads them."""
+    async with running_bot(tmp_path, SONGBOT_HEALTH_PORT="0", SONGBOT_GLOBAL_DAILY_SECONDS="5000") as h:
+        port = h.bot.health_port
+        assert port is not None
+        await h.configure(cooldown=0)
+        h.fake.fail_next("PATCH", ORIGINAL, 429, retry_after=0.05)  # with Via: discord.py waits and retries it
+        iid = await h.song({"prompt": "a calm song about rain"})
+        assert (await h.wait_final(iid)).attachments
+        h.sim.scenario = Scenario(duration_s=2.0, mid_error="DataInspectionFailed")
+        iid = await h.song({"prompt": "a second song about rain"})
+        assert (await h.wait_final(iid)).content.startswith("❌")
+        await h.wait_job_status((await wait_for_job(h)).id, "failed")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["checks"] == {"event_loop": True, "database": True, "gateway": True}
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                samples = _samples(await resp.text())
+    assert samples[("songbot_songs_total", (("outcome", "delivered"),))] == 1
+    assert samples[("songbot_songs_total", (("outcome", "failed"),))] == 1
+    assert samples[("songbot_dashscope_errors_total", (("code", "DataInspectionFailed"),))] == 1
+    assert samples[("songbot_generation_seconds_count", ())] == 1
+    assert samples[("songbot_delivery_seconds_count", ())] == 1
+    assert samples[("songbot_queue_wait_seconds_count", ())] == 2
+    assert samples[("songbot_queue_depth", ())] == 0
+    assert samples[("songbot_budget_limit_seconds", ())] == 5000
+    assert samples[("songbot_budget_used_seconds", ())] >= 3  # the delivered song, and what the failed one streamed
+    assert samples[("songbot_discord_rate_limited_total", ())] >= 1
+
+
+async def test_no_health_port_unless_asked(tmp_path: Path) -> None:
+    async with running_bot(tmp_path) as h:
+        assert h.bot.health_port is None
+        assert h.bot.metrics.value("songbot_songs_total", outcome="delivered") == 0

@@ -122,6 +122,18 @@ class Tx:
         )
         return {row.key: _loads(row.value) for row in result}
 
+    async def guilds_with_channels(self) -> dict[int, list[int]]:
+        """Every server whose moderators limited /song to some channels, with those channels."""
+        result = await self.conn.execute(
+            sa.select(guild_settings.c.guild_id, guild_settings.c.value).where(guild_settings.c.key == "channels")
+        )
+        found: dict[int, list[int]] = {}
+        for guild_id, raw in result:
+            ids = _loads(raw)
+            if isinstance(ids, list) and ids:
+                found[int(guild_id)] = [int(i) for i in ids]
+        return found
+
     async def settings(self, guild_id: int) -> GuildSettings:
         return from_overrides(await self.overrides(guild_id))
 

@@ -87,6 +87,10 @@ class Store:
 
     # --- guild settings ---------------------------------------------------------------------------------------
 
+    async def guilds_with_channels(self) -> dict[int, list[int]]:
+        async with self.read() as tx:
+            return await tx.guilds_with_channels()
+
     async def get_guild_settings(self, guild_id: int) -> GuildSettings:
         async with self.read() as tx:
             return await tx.settings(guild_id)
