@@ -1,6 +1,7 @@
 """``/song``: the command and its cog (``_cog``), its form and buttons (``_views``), the one answer to each request
-(``_responder``), and how a job shows itself on Discord (``_delivery``). Imports run one way: ``_cog`` → ``_delivery``
-→ ``_views``; ``_responder`` and ``_views`` import nothing of the package."""
+(``_responder``), and how a job shows itself on Discord (``_delivery``). Imports run one way: ``_cog`` imports the
+others, ``_delivery`` imports ``_views`` (its buttons), and ``_views`` and ``_responder`` import nothing of the
+package."""
 
 from __future__ import annotations
 

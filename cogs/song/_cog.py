@@ -164,6 +164,7 @@ class SongCog(commands.Cog):
             responder.close()
 
     async def _start_song(self, interaction: discord.Interaction, options: SongOptions, responder: Responder) -> None:
+        """Check, admit, defer, submit; a refusal at a step answers the member (ephemerally) and ends the request."""
         await responder.defer_if_urgent()
         try:
             checked = await self._checked(interaction, options)
