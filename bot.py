@@ -191,6 +191,7 @@ class SongBot(commands.Bot):
 
             simulator, base_url, api_key = await start_simulator_for(settings)
         client = FunMusicClient.from_settings(session, settings, base_url=base_url, api_key=api_key)
+        client.on_service_error = self.metrics.dashscope_error
         store = await Store.open(settings.database_url, clock=self.clock)
         policy = Policy(store, self.clock, global_daily_seconds=settings.global_daily_seconds)
         work_dir = settings.data_dir / "work"

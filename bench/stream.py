@@ -2,17 +2,20 @@
 
 Contestants, each on the same stream from the same simulator (a separate process, so its work is not counted):
 
-- songbot's ``FunMusicClient.generate`` (SSE parser on ``iter_any``, per-event base64 decode, writes in a thread,
-  WAV repair, and the decode check with ffmpeg that every real song gets, fed through a pipe while the song
-  streams);
+- songbot's ``FunMusicClient.generate`` (SSE parser on ``iter_any``, per-event base64 decode with pybase64,
+  writes in a thread, WAV repair, and the decode check with ffmpeg that every real song gets, fed through a pipe
+  while the song streams);
 - the official ``dashscope`` SDK (``BaseAioApi.call(..., stream=True)``), decoding each event's base64 and writing it
   to a file. Its async line reader needs a session with a big ``read_bufsize`` (``dashscope-wire.md`` section 6).
 
-Prints wall time, MB/s of audio, CPU time (this process and its children, i.e. ffmpeg), and peak memory:
-tracemalloc's peak (Python allocations, in a separate run, since tracing slows everything) and the peak RSS growth
-sampled every 5 ms during the timed runs.
+Prints wall time, MB/s of audio, CPU time (this process and its children, i.e. ffmpeg) in all and per MB of
+audio, and peak memory: tracemalloc's peak (Python allocations, in a separate run, since tracing slows everything)
+and the peak RSS growth sampled every 5 ms during the timed runs; and the load average, since the machine is shared.
 
-    .venv/bin/python bench/stream.py [--duration 200] [--runs 3]
+    .venv/bin/python bench/stream.py [--duration 200] [--runs 7] [--fallback] [--profile]
+
+``--fallback`` makes songbot decode base64 with the standard library (what it does where pybase64's wheel is
+missing); ``--profile`` adds songbot's runs under cProfile: the event loop's thread, by function.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import cProfile
 import os
 import platform
+import pstats
 import resource
 import statistics
 import subprocess
@@ -41,6 +46,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.ffmpeg import probe_audio
+from services.funmusic import b64
 from services.funmusic.client import FunMusicClient
 from services.funmusic.request import GenerationRequest
 from services.settings import Secret
@@ -228,8 +234,28 @@ async def sdk_default_session_on_a_huge_line(duration_s: float, out_dir: Path) -
     return f"SDK (its own session): {outcome}; songbot: {ours}"
 
 
-async def main(duration_s: float, runs: int) -> None:
+async def profile_songbot(base_url: str, out_dir: Path, runs: int) -> None:
+    """cProfile of songbot's runs: what the event loop's thread spends its time on (cProfile sees one thread)."""
+    profiler = cProfile.Profile()
+    for _ in range(runs):
+        profiler.enable()
+        await songbot(base_url, out_dir)
+        profiler.disable()
+    print(f"songbot under cProfile, {runs} runs, the loop thread by own time (cProfile slows Python code):")
+    pstats.Stats(profiler, stream=sys.stdout).strip_dirs().sort_stats("tottime").print_stats(18)
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
+
+
+async def main(duration_s: float, runs: int, *, fallback: bool = False, profile: bool = False) -> None:
     print(f"machine: {machine()}")
+    if fallback:
+        b64.decode = b64.decode_fallback
+    print(f"songbot's base64 decoder: {'pybase64' if b64.decode is b64.decode_fast else 'binascii (fallback)'}")
+    print(f"before: {load()}")
     proc, base_url = start_simulator(duration_s)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -260,14 +286,17 @@ async def main(duration_s: float, runs: int) -> None:
                 probes.append(time.perf_counter() - start)
             probe_s = statistics.median(probes)
             huge = await sdk_default_session_on_a_huge_line(min(duration_s, 10.0), out_dir)
+            if profile:
+                await profile_songbot(base_url, out_dir, runs)
     finally:
         proc.terminate()
         proc.wait()
 
+    print(f"after: {load()}")
     size = results["songbot"][0].audio_bytes
     header = (
-        f"{'':8} {'wall best':>10} {'median':>8} {'MB/s best':>10} {'CPU median':>11} {'tracemalloc peak':>17} "
-        f"{'RSS growth':>11}"
+        f"{'':8} {'wall best':>10} {'median':>8} {'MB/s best':>10} {'CPU median':>11} {'CPU/MB':>7} "
+        f"{'tracemalloc peak':>17} {'RSS growth':>11}"
     )
     print(f"{header}   runs (s)")
     best, median = {}, {}
@@ -279,11 +308,16 @@ async def main(duration_s: float, runs: int) -> None:
         peak = mb(peaks[name]) if name in peaks else "-"
         print(
             f"{name:9} {best[name]:8.3f}s {median[name]:7.3f}s {size / 1e6 / best[name]:10.1f} {cpu:10.3f}s "
-            f"{peak:>17} {mb(rss):>11}   " + " ".join(f"{t:.3f}" for t in times)
+            f"{cpu * 1e3 / (size / 1e6):5.1f}ms {peak:>17} {mb(rss):>11}   " + " ".join(f"{t:.3f}" for t in times)
         )
     print(
         f"the decode check of the finished file, run after the stream (sdk+check does that): {probe_s:.3f} s "
         "(median); songbot's runs while the song streams"
+    )
+    print(
+        f"songbot's time / the SDK's: {median['songbot'] / median['sdk']:.2f}x median, "
+        f"{best['songbot'] / best['sdk']:.2f}x best; / sdk+check's: {median['songbot'] / median['sdk+check']:.2f}x "
+        "median"
     )
     print(
         f"ratio (SDK time / songbot time): {best['sdk'] / best['songbot']:.2f} best, "
@@ -300,5 +334,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=200.0)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--fallback", action="store_true", help="songbot decodes base64 with binascii")
+    parser.add_argument("--profile", action="store_true", help="also profile songbot's runs (cProfile)")
     ns = parser.parse_args()
-    asyncio.run(main(ns.duration, ns.runs))
+    asyncio.run(main(ns.duration, ns.runs, fallback=ns.fallback, profile=ns.profile))

@@ -521,8 +521,6 @@ class JobManager:
 
     async def _on_failed(self, entry: _Entry, exc: SongbotError, *, logged: bool = False) -> None:
         code = exc.code if isinstance(exc, ServiceError) and exc.code else type(exc).__name__
-        if isinstance(exc, ServiceError):
-            self._metrics.dashscope_error(exc.code)
         if not logged:
             request_id = exc.request_id if isinstance(exc, ServiceError) else None
             log.warning(

@@ -114,6 +114,8 @@ class _Song:
 
 _AUDIO_CACHE: OrderedDict[tuple[float, int, int, str], bytes] = OrderedDict()
 _AUDIO_CACHE_SIZE = 6
+#: (id of the song's audio, format, chunking...) -> (that audio, its events' base64); see _stream_payloads
+_PAYLOAD_CACHE: OrderedDict[tuple[int, str, int, bool, bool], tuple[bytes, list[str]]] = OrderedDict()
 
 
 async def cached_audio(duration_s: float, sample_rate: int, channels: int, fmt: str) -> bytes:
@@ -387,6 +389,22 @@ class FunMusicSimulator:
             pos += cut
         return payloads
 
+    def _stream_payloads(self, song: _Song) -> list[str]:
+        """The audio events' base64, made once per song and chunking and kept for the next requests (a few
+        songs' worth), so that a benchmark's repeated requests measure the client, not this encoder."""
+        scenario = self.scenario
+        key = (id(song.audio), song.fmt, scenario.chunk_bytes, scenario.huge_line, scenario.base64_mid_quantum)
+        hit = _PAYLOAD_CACHE.get(key)
+        if hit is not None and hit[0] is song.audio:
+            _PAYLOAD_CACHE.move_to_end(key)
+            return hit[1]
+        audio = streamed_wav(song.audio) if song.fmt == "wav" else song.audio
+        payloads = self._payloads(self._chunks(audio))
+        _PAYLOAD_CACHE[key] = (song.audio, payloads)
+        while len(_PAYLOAD_CACHE) > _AUDIO_CACHE_SIZE:
+            _PAYLOAD_CACHE.popitem(last=False)
+        return payloads
+
     def _audio_event(self, index: int, data: str, song: _Song) -> str:
         scenario = self.scenario
         if scenario.malformed_line_at_chunk == index:
@@ -414,8 +432,7 @@ class FunMusicSimulator:
 
     async def _stream_events(self, request: web.Request, resp: web.StreamResponse, song: _Song) -> web.StreamResponse:
         scenario = self.scenario
-        audio = streamed_wav(song.audio) if song.fmt == "wav" else song.audio
-        chunks = self._payloads(self._chunks(audio))
+        chunks = self._stream_payloads(song)
         out = _Coalescer(resp, paced=scenario.chunk_delay_s > 0)
         event_id = 0
         for index in range(len(chunks) + 1):

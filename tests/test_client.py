@@ -904,6 +904,28 @@ def test_parse_event_json_is_json_loads(text: str) -> None:
     assert parse_event_json(text) == expected
 
 
+@pytest.mark.parametrize("text", EVENTS)
+def test_parse_event_json_of_the_bytes_received_is_json_loads(text: str) -> None:
+    """From bytes, the cut-out audio comes back as a view of them (no copy, no str): the same base64."""
+    raw = text.encode()
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            parse_event_json(raw)
+        return
+    got = parse_event_json(raw)
+    audio = got.get("output", {}).get("audio", {})
+    if isinstance(audio.get("data"), memoryview):
+        audio["data"] = str(audio["data"], "ascii")
+    assert got == expected
+
+
+def test_a_byte_that_is_not_ascii_reaches_the_base64_decoder_as_it_came() -> None:
+    """json.loads would read it as U+FFFD; either way the strict decoder refuses it."""
+    assert parse_event_json(b'{"output":{"audio":{"data":"Q\xffJD"}}}')["output"]["audio"]["data"] == b"Q\xffJD"
+
+
 async def test_a_stream_larger_than_the_cap_is_refused(http_session: aiohttp.ClientSession, tmp_path: Path) -> None:
     async with running_simulator(Scenario(duration_s=4.0, chunk_bytes=8192)) as sim:
         capped = make_client(http_session, sim, download_max_bytes=20_000)
@@ -912,3 +934,13 @@ async def test_a_stream_larger_than_the_cap_is_refused(http_session: aiohttp.Cli
         assert "cap" in str(caught.value) and not caught.value.retryable
         assert len(sim.requests) == 1
         assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
+
+
+def test_events_with_the_same_rest_are_parsed_once_and_never_share_their_audio() -> None:
+    first = b'{"output":{"audio":{"data":"QUJD","id":"a"},"finish_reason":"null"},"request_id":"r-same"}'
+    second = first.replace(b"QUJD", b"REVG")
+    one, two = parse_event_json(first), parse_event_json(second)
+    assert bytes(one["output"]["audio"]["data"]) == b"QUJD" and bytes(two["output"]["audio"]["data"]) == b"REVG"
+    one["output"]["audio"]["data"] = "changed"  # a caller changing what it got does not reach the next event
+    assert bytes(parse_event_json(first)["output"]["audio"]["data"]) == b"QUJD"
+    assert one["request_id"] == two["request_id"] == "r-same"

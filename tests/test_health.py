@@ -158,6 +158,7 @@ async def test_the_running_bot_serves_health_and_metrics(tmp_path: Path) -> None
         assert port is not None
         await h.configure(cooldown=0)
         h.fake.fail_next("PATCH", ORIGINAL, 429, retry_after=0.05)  # with Via: discord.py waits and retries it
+        h.sim.scenario = Scenario(duration_s=3.0, pre_error="InternalError", pre_error_times=1)  # retried, then fine
         iid = await h.song({"prompt": "a calm song about rain"})
         assert (await h.wait_final(iid)).attachments
         h.sim.scenario = Scenario(duration_s=2.0, mid_error="DataInspectionFailed")
@@ -173,6 +174,7 @@ async def test_the_running_bot_serves_health_and_metrics(tmp_path: Path) -> None
     assert samples[("songbot_songs_total", (("outcome", "delivered"),))] == 1
     assert samples[("songbot_songs_total", (("outcome", "failed"),))] == 1
     assert samples[("songbot_dashscope_errors_total", (("code", "DataInspectionFailed"),))] == 1
+    assert samples[("songbot_dashscope_errors_total", (("code", "InternalError"),))] == 1  # retried ones count too
     assert samples[("songbot_generation_seconds_count", ())] == 1
     assert samples[("songbot_delivery_seconds_count", ())] == 1
     assert samples[("songbot_queue_wait_seconds_count", ())] == 2

@@ -174,3 +174,13 @@ def test_many_megabyte_line_is_linear_not_quadratic() -> None:
 
 def test_non_utf8_bytes_do_not_crash() -> None:
     assert parse(b"data:\xff\xfe\n\n")[0].data == "\ufffd\ufffd"
+
+
+def test_data_is_kept_as_the_bytes_received_and_read_as_utf8_when_asked() -> None:
+    """``raw`` is the data lines' bytes joined with LF, whatever the split; ``data`` reads them as UTF-8."""
+    stream = b'id:1\r\ndata:\xff\xfe caf\xc3\xa9\r\ndata:{"a":1}\r\n\r\ndata:\xc3\r\n\r\n'
+    for offset in range(len(stream) + 1):
+        events = parse(stream, [offset])
+        assert [e.raw for e in events] == [b'\xff\xfe caf\xc3\xa9\n{"a":1}', b"\xc3"], f"split at byte {offset}"
+    assert [e.data for e in events] == ['\ufffd\ufffd café\n{"a":1}', "\ufffd"]
+    assert SSEEvent(data="café").raw == "café".encode()

@@ -29,8 +29,8 @@ thread.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, AnyStr
 
 import aiohttp
 from yarl import URL
@@ -60,6 +60,7 @@ from services.errors import (
     SongTooLong,
 )
 from services.ffmpeg import AudioInfo, DecodeCheck, FfmpegError, write_all
+from services.funmusic import b64
 from services.funmusic.errors_map import body_from_json, clamp_id, classify, parse_error_body, parse_retry_after
 from services.funmusic.limiter import RateLimiter
 from services.funmusic.request import (
@@ -91,13 +92,17 @@ BILLED_MAX_S = 24 * 3600
 #: Songs longer than this are refused before anything decodes them into memory (``SONGBOT_MAX_SONG_SECONDS``).
 MAX_SONG_SECONDS = 900.0
 DOWNLOAD_CHUNK = 256 * 1024
-#: aiohttp's default 64 KiB read buffer pauses the socket every 128 KiB; audio streams flow better with room.
-READ_BUFSIZE = 1024 * 1024
+#: aiohttp's default 64 KiB read buffer pauses the socket every 128 KiB; audio streams flow better with room, but
+#: what aiohttp buffers (up to twice this) is read, joined and parsed at once, so more only costs memory: with 1 MiB
+#: a song's peak was 10 MB instead of 5 (bench/stream.py), at the same speed.
+READ_BUFSIZE = 256 * 1024
 MAX_REDIRECTS = 3
 HEAD_BYTES = 64 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RESULT_EVENTS = frozenset({"result", "message"})
 _DATA_KEY = '"data":"'
+_DATA_KEY_B = b'"data":"'
+_ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())  # what str.strip() strips, in ASCII
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -156,11 +161,11 @@ def _decoded_size(payload: str) -> int:
     return len(payload) // 4 * 3 - (2 if payload.endswith("==") else 1 if payload.endswith("=") else 0)
 
 
-def decode_audio(payload: str, request_id: str | None, audio_delivered: bool) -> bytes:
+def decode_audio(payload: str | bytes | memoryview, request_id: str | None, audio_delivered: bool) -> bytes:
     """One event's base64, decoded on its own: joined padded chunks would silently lose data (``YWI=Y2Q=``)."""
-    try:  # b64decode(validate=True) does the same, after copying the str to bytes
-        return binascii.a2b_base64(payload, strict_mode=True)
-    except (binascii.Error, ValueError) as exc:
+    try:  # pybase64 where installed, else binascii: equally strict (see b64.py)
+        return b64.decode(payload)
+    except ValueError as exc:  # binascii.Error is a ValueError
         raise BrokenStream(
             f"invalid base64 in an audio event: {exc}", request_id=request_id, audio_delivered=audio_delivered
         ) from None
@@ -412,31 +417,82 @@ def _json_int(digits: str) -> int | float:
     return int(digits) if len(digits) <= 100 else float(digits)
 
 
+_JSON = json.JSONDecoder(parse_int=_json_int)  # made once: json.loads(..., parse_int=) makes one per call
+
+
 def _json_loads(text: str | bytes) -> Any:
+    if isinstance(text, str):
+        return _JSON.decode(text)
     return json.loads(text, parse_int=_json_int)
 
 
-def parse_event_json(text: str) -> Any:
+def _audio_span(text: AnyStr, key: AnyStr, quote: AnyStr, escape: AnyStr, name: AnyStr) -> tuple[int, int] | None:
+    """Where the value of ``text``'s one ``"data":"`` is, if it holds no escapes and no other ``"data"`` is there."""
+    at = text.find(key)
+    start = at + len(key)
+    end = text.find(quote, start) if at > 0 and text[at - 1 : at] != escape else -1
+    if end < 0 or text.find(escape, start, end) >= 0 or text.find(name, 0, at) >= 0 or name in text[end:]:
+        return None
+    return start, end
+
+
+def parse_event_json(text: str | bytes) -> Any:
     """``json.loads(text)`` for an event, without copying its audio a character at a time.
 
     ``json.loads`` builds each string by scanning it character by character; for the audio (nearly all of an
-    event) that costs a quarter of decoding the base64. So when the event has exactly one ``"data"`` key,
+    event) that costs more than decoding the base64. So when the event has exactly one ``"data"`` key,
     written ``"data":"`` and holding no escapes, the value is cut out, the small rest is parsed, and the value
     is put back if the parse says it was ``output.audio.data`` (now ``""``): the object ``json.loads`` returns.
     (One difference: a raw control character in the value, which ``json.loads`` refuses, is left for the
     base64 decoder to refuse.) Anything else is parsed whole.
+
+    Given bytes (an event's data as received, :attr:`SSEEvent.raw`), the text is read as UTF-8 (an invalid byte
+    as U+FFFD, as :attr:`SSEEvent.data` reads it), except the cut-out value: that is put back as a memoryview of
+    ``text``, the base64's bytes, neither copied nor decoded to a str.
     """
-    at = text.find(_DATA_KEY)
-    start = at + len(_DATA_KEY)
-    end = text.find('"', start) if at > 0 and text[at - 1] != "\\" else -1
-    if end < 0 or text.find("\\", start, end) >= 0 or text.find('"data"', 0, at) >= 0 or '"data"' in text[end:]:
+    if isinstance(text, str):
+        span = _audio_span(text, _DATA_KEY, '"', "\\", '"data"')
+        if span is not None:
+            start, end = span
+            obj = _with_audio(_json_loads(text[:start] + text[end:]), text[start:end])
+            if obj is not None:
+                return obj
         return _json_loads(text)
-    obj = _json_loads(text[:start] + text[end:])
-    audio = _as_dict(_as_dict(obj).get("output")).get("audio")
+    span = _audio_span(text, _DATA_KEY_B, b'"', b"\\", b'"data"')
+    if span is not None:
+        start, end = span
+        obj = _with_audio(_parse_rest(text[:start] + text[end:]), memoryview(text)[start:end])
+        if obj is not None:
+            return obj
+    return _json_loads(str(text, "utf-8", "replace"))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_rest(rest: bytes) -> Any:
+    """An event without its audio, parsed. A stream's audio events all have the same rest (ids, expiry, "null"),
+    so it is parsed once per stream; what this returns is shared, and :func:`_with_audio` never changes it."""
+    return _json_loads(str(rest, "utf-8", "replace"))
+
+
+def _with_audio(obj: Any, value: str | memoryview) -> Any:
+    """A copy of ``obj`` with ``value`` as its ``output.audio.data``, if the cut left that ``""``; else None.
+
+    Only the dicts on that path are new; the rest is ``obj``'s (the client reads events, it never changes them)."""
+    output = _as_dict(obj).get("output")
+    if not isinstance(output, dict):
+        return None
+    audio = output.get("audio")
     if not isinstance(audio, dict) or audio.get("data") != "":
-        return _json_loads(text)
-    audio["data"] = text[start:end]
-    return obj
+        return None
+    return {**obj, "output": {**output, "audio": {**audio, "data": value}}}
+
+
+def _blank(event: SSEEvent) -> bool:
+    """``not event.data.strip()``, without decoding the data to a str when its first byte is ASCII and no space."""
+    head = event.raw[:1]
+    if head and head[0] < 0x80 and head.strip(_ASCII_SPACE):
+        return False
+    return not event.data.strip()
 
 
 def _is_stop(output: Mapping[str, Any]) -> bool:
@@ -528,6 +584,8 @@ class FunMusicClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=idle_timeout_s)
+        #: Called with the code of every error DashScope answers, retried or not (the bot counts them in metrics).
+        self.on_service_error: Callable[[str | None], None] | None = None
 
     @classmethod
     def from_settings(
@@ -788,6 +846,8 @@ class FunMusicClient:
         self, body: ErrorBody, tag: str, *, retry_after: float | None = None, where: str = ""
     ) -> ServiceError:
         body = replace(body, message=self._scrub(body.message))
+        if self.on_service_error is not None:
+            self.on_service_error(body.code)
         log.warning(
             "fun-music %s error %s request_id=%s status=%s: %s",
             tag,
@@ -848,7 +908,7 @@ class FunMusicClient:
         self, events: list[SSEEvent], writer: _WriteBehind, state: _StreamState, tag: str
     ) -> _Final | None:
         """Handle one read's events in order; their audio goes to the writer as one batch."""
-        payloads: list[str] = []
+        payloads: list[str | bytes | memoryview] = []
         final: _Final | None = None
         try:
             for event in events:
@@ -858,7 +918,7 @@ class FunMusicClient:
                 if event.event is not None and event.event not in RESULT_EVENTS:
                     log.debug("fun-music %s ignoring event %r", tag, event.event)
                     continue
-                if not event.data.strip():
+                if _blank(event):
                     continue
                 obj = self._event_json(event, state)
                 if "output" not in obj and obj.get("code"):
@@ -868,7 +928,7 @@ class FunMusicClient:
                     state.request_id = clamp_id(obj["request_id"], "request_id")
                     log.info("fun-music %s request_id=%s streaming", tag, state.request_id)
                 data = _as_dict(output.get("audio")).get("data")
-                if isinstance(data, str) and data:
+                if isinstance(data, str | memoryview) and len(data):
                     payloads.append(data)
                     state.audio_seen = True
                     state.audio_bytes += len(data) * 3 // 4
@@ -891,7 +951,7 @@ class FunMusicClient:
 
     def _event_json(self, event: SSEEvent, state: _StreamState) -> dict[str, Any]:
         try:
-            obj = parse_event_json(event.data)
+            obj = parse_event_json(event.raw)
         except ValueError:
             raise BrokenStream(
                 f"event {event.id or state.events} carries data that is not JSON", request_id=state.request_id
@@ -1001,14 +1061,14 @@ class _WriteBehind:
     figures. A bad event (invalid base64) fails at once, or fails its batch, before the song can be declared done.
     """
 
-    MAX_PENDING_BYTES = 8 * 1024 * 1024
+    MAX_PENDING_BYTES = 4 * 1024 * 1024  # with 8 MiB the decoded audio queued alone could pass 0.15x of a 200 s WAV
     BATCH_BYTES = 1024 * 1024  # hand the worker about this much at a time: each hand-over costs a thread wake-up
     INLINE_DECODE_MAX = 256 * 1024
 
     def __init__(self, sink: _AudioSink, report: _Reporter) -> None:
         self._sink = sink
         self._report = report
-        self._carry = ""  # base64 characters after an event's last whole 4-character quantum
+        self._carry = b""  # base64 characters after an event's last whole 4-character quantum
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="songbot-audio")
         self._pending: deque[tuple[asyncio.Future[None], int]] = deque()
         self._pending_bytes = 0
@@ -1018,15 +1078,16 @@ class _WriteBehind:
         self._checking = False
         self.meter = _Meter()
 
-    async def submit(self, payloads: list[str], request_id: str | None) -> None:
+    async def submit(self, payloads: Sequence[str | bytes | memoryview], request_id: str | None) -> None:
         """Queue one read's base64 payloads: decoded (each on its own) and written in order by the worker.
 
         An event cut mid-quantum (a length that is not a multiple of 4) keeps its last 1-3 characters for the
         next event (``dashscope-wire.md`` §6.2), so each part decoded is whole quanta; invalid characters still
-        fail, strictly.
+        fail, strictly. A payload is the base64's bytes (normally a view of the event as received); a str is
+        taken as its UTF-8, where anything not ASCII is as invalid as it was in the str.
         """
         for whole in payloads:
-            payload = self._whole_quanta(whole)
+            payload = self._whole_quanta(whole.encode("utf-8", "surrogatepass") if isinstance(whole, str) else whole)
             if not payload:
                 continue
             self._batch_bytes += len(payload)
@@ -1035,27 +1096,28 @@ class _WriteBehind:
                 data = decode_audio(payload, request_id, self.meter.count > 0)
                 self.meter.add(data)
                 self._batch.append(data)
-            else:
-                self.meter.count += _decoded_size(payload)
-                self._batch.append(payload)
+            else:  # as a str for the worker (which takes bytes as decoded audio); latin-1 keeps every byte
+                text = str(payload, "latin-1")
+                self.meter.count += _decoded_size(text)
+                self._batch.append(text)
         self._request_id = request_id
         if self._batch_bytes >= self.BATCH_BYTES:
             await self._hand_over()
         await self._report(ProgressStage.GENERATING, self.meter.count, self.meter.seconds())
 
-    def _whole_quanta(self, payload: str) -> str:
+    def _whole_quanta(self, payload: bytes | memoryview) -> bytes | memoryview:
         """``payload`` behind the carried characters, less a new tail that does not fill a quantum (carried)."""
         if self._carry:
-            payload, self._carry = self._carry + payload, ""
+            payload, self._carry = self._carry + payload, b""
         cut = len(payload) % 4
         if cut:
-            payload, self._carry = payload[:-cut], payload[-cut:]
+            payload, self._carry = payload[:-cut], bytes(payload[-cut:])
         return payload
 
     def _flush_carry(self) -> None:
         """The stream has ended: base64 left over is a last quantum sent without its ``=`` padding (2 or 3
         characters, padded here) or a broken one (1 character, which no base64 ends with)."""
-        carry, self._carry = self._carry, ""
+        carry, self._carry = self._carry, b""
         if not carry:
             return
         if len(carry) == 1:
@@ -1064,7 +1126,7 @@ class _WriteBehind:
                 request_id=self._request_id,
                 audio_delivered=self.meter.count > 0,
             )
-        data = decode_audio(carry + "=" * (4 - len(carry)), self._request_id, self.meter.count > 0)
+        data = decode_audio(carry + b"=" * (4 - len(carry)), self._request_id, self.meter.count > 0)
         self.meter.add(data)
         self._batch.append(data)
         self._batch_bytes += len(carry)
@@ -1103,7 +1165,7 @@ class _WriteBehind:
         self._pending.clear()
         self._pending_bytes = 0
         self._batch, self._batch_bytes = [], 0
-        self._carry = ""
+        self._carry = b""
         with contextlib.suppress(Exception):
             await asyncio.shield(asyncio.to_thread(self._executor.shutdown, True))
 

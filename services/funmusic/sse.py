@@ -5,8 +5,11 @@ Why not aiohttp's line reader: ``resp.content.readline()`` and ``async for line 
 whatever ``iter_any()`` returns and keeps its own buffer, so a line may be any size and split anywhere, including
 between the ``\\r`` and ``\\n`` of a CRLF.
 
-Cost is linear in the bytes fed: each feed only scans the new bytes for line ends (``bytes.find`` is memchr), and a
-line is copied out of the buffer once.
+Cost is linear in the bytes fed: each feed scans only the new bytes for line ends (``bytes.find`` is memchr, and a
+chunk without a CR is searched for LFs alone). Lines are read in place from the chunk fed; only a line that a chunk
+ends before its end is buffered. An event's data is kept as the bytes received (:attr:`SSEEvent.raw`, one copy)
+and decoded to a str only if asked for (:attr:`SSEEvent.data`): the client reads an audio event's base64 straight
+from those bytes.
 
 Rules (the SSE spec, plus what DashScope sends):
 - lines end in LF, CRLF or CR;
@@ -24,8 +27,6 @@ otherwise be held in memory until the deadline).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 _CR = 0x0D
 _LF = 0x0A
 _STATUS_COMMENT = b":HTTP_STATUS/"
@@ -39,24 +40,57 @@ class EventTooLarge(ValueError):
         self.limit = limit
 
 
-@dataclass
 class SSEEvent:
-    """One dispatched event. ``data`` is the ``data`` lines joined with ``\\n`` (``""`` if none)."""
+    """One dispatched event. ``data`` is the ``data`` lines joined with ``\\n`` (``""`` if none); ``raw`` is the
+    same as the bytes received (``data`` is them read as UTF-8, an invalid byte read as U+FFFD)."""
 
-    id: str | None = None
-    event: str | None = None
-    data: str = ""
-    http_status: int | None = None
+    __slots__ = ("_data", "_raw", "event", "http_status", "id")
 
+    def __init__(
+        self,
+        id: str | None = None,
+        event: str | None = None,
+        data: str | None = None,
+        http_status: int | None = None,
+        *,
+        raw: bytes | None = None,
+    ) -> None:
+        self.id = id
+        self.event = event
+        self.http_status = http_status
+        self._data = data if data is not None or raw is not None else ""
+        self._raw = raw
 
-@dataclass
-class _Pending:
-    id: str | None = None
-    event: str | None = None
-    data: list[str] = field(default_factory=list)
-    data_bytes: int = 0
-    http_status: int | None = None
-    has_content: bool = False
+    @property
+    def data(self) -> str:
+        if self._data is None:
+            assert self._raw is not None
+            self._data = str(self._raw, "utf-8", "replace")
+        return self._data
+
+    @property
+    def raw(self) -> bytes:
+        if self._raw is None:
+            assert self._data is not None
+            self._raw = self._data.encode("utf-8", "surrogatepass")
+        return self._raw
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SSEEvent):
+            return NotImplemented
+        return (self.id, self.event, self.http_status, self.data) == (
+            other.id,
+            other.event,
+            other.http_status,
+            other.data,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        data = self.data
+        shown = data if len(data) <= 200 else f"{data[:200]}… ({len(data)} characters)"
+        return f"SSEEvent(id={self.id!r}, event={self.event!r}, data={shown!r}, http_status={self.http_status!r})"
 
 
 def _parse_status(raw: bytes) -> int | None:
@@ -75,29 +109,60 @@ class SSEParser:
 
     def __init__(self, max_event_bytes: int | None = None) -> None:
         self._max = max_event_bytes
-        self._buf = bytearray()
-        self._scanned = 0  # bytes of _buf already searched for a line end (none found there)
+        self._buf = bytearray()  # the start of a line that a chunk ended before its end (it holds no CR or LF)
         self._skip_lf = False  # the previous line ended in CR at the end of a chunk: a leading LF belongs to it
-        self._pending = _Pending()
         self._last_id: str | None = None
         self._closed = False
+        # the event in progress
+        self._id: str | None = None
+        self._event: str | None = None
+        self._data: list[bytes] = []
+        self._data_bytes = 0
+        self._status: int | None = None
+        self._has_content = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Add bytes; return every event completed by them (possibly none)."""
         if self._closed:
             raise RuntimeError("SSEParser.feed() after close()")
+        events: list[SSEEvent] = []
         if not chunk:
-            return []
-        start = 0
+            return events
+        chunk = bytes(chunk)  # read in place below: it must not change (a no-op for bytes)
+        pos = 0
         if self._skip_lf:
             self._skip_lf = False
             if chunk[0] == _LF:
-                start = 1
-        self._buf += chunk[start:] if start else chunk
-        events: list[SSEEvent] = []
-        self._consume_lines(events)
-        if self._max is not None and len(self._buf) > self._max:
-            raise EventTooLarge(f"a line of more than {len(self._buf)} bytes without an end", self._max)
+                pos = 1
+        end = len(chunk)
+        has_cr = chunk.find(b"\r", pos) >= 0
+        if self._buf:  # the line begun in an earlier chunk ends at this chunk's first line end, if it has one
+            line_end = self._line_end(chunk, pos, has_cr)
+            if line_end < 0:
+                self._buffer(chunk, pos)
+                return events
+            with memoryview(chunk) as view:
+                self._buf += view[pos:line_end]
+            self._line(self._buf, 0, len(self._buf), events)
+            self._buf.clear()
+            pos = self._after(chunk, line_end)
+        if not has_cr:  # the usual case: lines end in LF alone
+            find, line = chunk.find, self._line
+            while pos < end:
+                line_end = find(b"\n", pos)
+                if line_end < 0:
+                    self._buffer(chunk, pos)
+                    break
+                line(chunk, pos, line_end, events)
+                pos = line_end + 1
+            return events
+        while pos < end:
+            line_end = self._line_end(chunk, pos, has_cr)
+            if line_end < 0:
+                self._buffer(chunk, pos)
+                break
+            self._line(chunk, pos, line_end, events)
+            pos = self._after(chunk, line_end)
         return events
 
     def close(self) -> list[SSEEvent]:
@@ -112,82 +177,84 @@ class SSEParser:
         self._dispatch(events)
         return events
 
-    def _consume_lines(self, events: list[SSEEvent]) -> None:
-        buf = self._buf
-        pos = 0
-        end = len(buf)
-        lf = -2  # next LF at or after pos; -2 = not searched yet, -1 = none in the buffer
-        while True:
-            search_from = max(pos, self._scanned)
-            if lf == -2 or (lf >= 0 and lf < search_from):
-                lf = buf.find(b"\n", search_from)
-            # A CR can only end a line before the next LF; search just that stretch so CR-free streams stay O(n).
-            cr = buf.find(b"\r", search_from, lf if lf >= 0 else end)
-            if cr < 0 and lf < 0:
-                self._scanned = end
-                break
+    @staticmethod
+    def _line_end(chunk: bytes, pos: int, has_cr: bool) -> int:
+        """Where the line starting at ``pos`` ends (its CR or LF), or -1 if the chunk ends first."""
+        lf = chunk.find(b"\n", pos)
+        if has_cr:  # a CR can only end a line before the next LF
+            cr = chunk.find(b"\r", pos, lf if lf >= 0 else len(chunk))
             if cr >= 0:
-                line_end, next_pos = cr, cr + 1
-                if next_pos < end:
-                    if buf[next_pos] == _LF:
-                        next_pos += 1
-                else:
-                    self._skip_lf = True  # the CR is the chunk's last byte; an LF may follow in the next chunk
-            else:
-                line_end, next_pos = lf, lf + 1
-            self._line(buf, pos, line_end, events)
-            pos = next_pos
-            self._scanned = pos
-        if pos:
-            del buf[:pos]
-            self._scanned -= pos
+                return cr
+        return lf
+
+    def _after(self, chunk: bytes, line_end: int) -> int:
+        """Where the next line starts, past the line end at ``line_end`` (a CRLF is one line end)."""
+        if chunk[line_end] == _CR:
+            if line_end + 1 == len(chunk):
+                self._skip_lf = True  # the CR is the chunk's last byte; an LF may follow in the next chunk
+            elif chunk[line_end + 1] == _LF:
+                return line_end + 2
+        return line_end + 1
+
+    def _buffer(self, chunk: bytes, pos: int) -> None:
+        with memoryview(chunk) as view:
+            self._buf += view[pos:]
+        if self._max is not None and len(self._buf) > self._max:
+            raise EventTooLarge(f"a line of more than {len(self._buf)} bytes without an end", self._max)
 
     def _line(self, buf: bytes | bytearray, start: int, end: int, events: list[SSEEvent]) -> None:
-        """One line, ``buf[start:end]``, read in place: a multi-MiB data line is copied once, into its str."""
+        """One line, ``buf[start:end]``, read in place: a multi-MiB data line is copied once, into its bytes."""
         if start == end:
             self._dispatch(events)
             return
-        pending = self._pending
         if buf[start] == 0x3A:  # ":" comment
             if buf.startswith(_STATUS_COMMENT, start, end):
-                pending.http_status = _parse_status(bytes(buf[start + len(_STATUS_COMMENT) : end]))
+                self._status = _parse_status(bytes(buf[start + len(_STATUS_COMMENT) : end]))
             return
         colon = buf.find(b":", start, end)
         if colon < 0:
-            name, value_at = bytes(buf[start:end]), end
+            name, value_at = buf[start:end], end
         else:
-            name = bytes(buf[start:colon])
+            name = buf[start:colon]  # bytes, or a bytearray: either compares equal to the names below
             value_at = colon + 1
             if value_at < end and buf[value_at] == 0x20:
                 value_at += 1
         if name == b"data":
-            pending.data_bytes += end - value_at + 1
-            if self._max is not None and pending.data_bytes > self._max:
-                raise EventTooLarge(f"an event with {pending.data_bytes} bytes of data lines", self._max)
-            with memoryview(buf) as view:
-                pending.data.append(str(view[value_at:end], "utf-8", "replace"))
-            pending.has_content = True
+            self._data_bytes += end - value_at + 1
+            if self._max is not None and self._data_bytes > self._max:
+                raise EventTooLarge(f"an event with {self._data_bytes} bytes of data lines", self._max)
+            if isinstance(buf, bytes):
+                self._data.append(buf[value_at:end])
+            else:
+                with memoryview(buf) as view:
+                    self._data.append(bytes(view[value_at:end]))
+            self._has_content = True
         elif name == b"event":
-            pending.event = bytes(buf[value_at:end]).decode("utf-8", "replace")
-            pending.has_content = True
+            self._event = bytes(buf[value_at:end]).decode("utf-8", "replace")
+            self._has_content = True
         elif name == b"id":
             value = bytes(buf[value_at:end])
             if b"\x00" not in value:
                 self._last_id = value.decode("utf-8", "replace")
-            pending.id = self._last_id
+            self._id = self._last_id
         elif name == b"status":
-            pending.http_status = _parse_status(bytes(buf[value_at:end]))
+            self._status = _parse_status(bytes(buf[value_at:end]))
         # "retry" and unknown fields are ignored, as the spec says
 
     def _dispatch(self, events: list[SSEEvent]) -> None:
-        pending = self._pending
-        if pending.has_content:
+        if self._has_content:
+            data = self._data
             events.append(
                 SSEEvent(
-                    id=pending.id if pending.id is not None else self._last_id,
-                    event=pending.event,
-                    data="\n".join(pending.data),
-                    http_status=pending.http_status,
+                    id=self._id if self._id is not None else self._last_id,
+                    event=self._event,
+                    http_status=self._status,
+                    raw=data[0] if len(data) == 1 else b"\n".join(data),
                 )
             )
-        self._pending = _Pending()
+            self._data = []
+        elif self._data:
+            self._data = []
+        self._id = self._event = self._status = None
+        self._data_bytes = 0
+        self._has_content = False
