@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import discord
 
-from services.text import clip
+from cogs._text import clip
 
 CONTENT = 2000
 EMBEDS = 10

@@ -18,17 +18,24 @@ from cogs._checks import is_manager
 from cogs._limits import CONTENT, EMBED_DESCRIPTION, FIELD_VALUE, escaped, fit_embed, fit_lines, fit_text
 from cogs._words import (
     NO_PINGS,
+    SHOWN_IDS,
     clip,
     format_duration,
     global_usage_text,
+    input_text,
+    jump_url,
     listing,
     more_members,
     older_songs_not_shown,
     plural,
     relative,
+    setting_allowed,
+    setting_description,
+    setting_mentions,
+    setting_value,
 )
 from services.errors import InvalidInput
-from services.guild_settings import SETTINGS, SHOWN_IDS, SPECS, GuildSettings, SettingSpec
+from services.guild_settings import SETTINGS, SPECS, GuildSettings, SettingSpec
 from services.policy import GlobalUsage, MemberUsage, ServerUsage
 from services.store import JobRecord
 
@@ -51,7 +58,7 @@ _QUEUED = SPECS["max_queued"]
 
 def _about(spec: SettingSpec) -> str:
     """An option's description: the setting's own words and its range (Discord allows 100 characters)."""
-    return clip(f"{spec.description.rstrip('.')} ({spec.allowed})", 100)
+    return clip(f"{setting_description(spec).rstrip('.')} ({setting_allowed(spec)})", 100)
 
 
 #: Songs /songhistory lists, newest first.
@@ -64,12 +71,12 @@ def _list_change(spec: SettingSpec, old: tuple[int, ...], new: tuple[int, ...]) 
     """``3 channels → 4 channels (added <#9>)``: counts once a list is long, and what was added or removed."""
 
     def side(ids: tuple[int, ...]) -> str:
-        return spec.format(ids) if len(ids) <= SHOWN_IDS else plural(len(ids), spec.unit)
+        return setting_value(spec, ids) if len(ids) <= SHOWN_IDS else plural(len(ids), spec.unit)
 
     added = [i for i in new if i not in old]
     removed = [i for i in old if i not in new]
-    parts = [f"added {listing(spec.mentions(added), SHOWN_IDS)}"] if added else []
-    parts += [f"removed {listing(spec.mentions(removed), SHOWN_IDS)}"] if removed else []
+    parts = [f"added {listing(setting_mentions(spec, added), SHOWN_IDS)}"] if added else []
+    parts += [f"removed {listing(setting_mentions(spec, removed), SHOWN_IDS)}"] if removed else []
     detail = f" ({'; '.join(parts)})" if parts and (len(old) > SHOWN_IDS or len(new) > SHOWN_IDS) else ""
     return f"{side(old)} → {side(new)}{detail}"
 
@@ -85,18 +92,20 @@ def describe_change(before: GuildSettings, after: GuildSettings) -> str:
         if spec.kind == "ids":
             lines.append(f"**{spec.name}**: {_list_change(spec, old, new)}")
         else:
-            lines.append(f"**{spec.name}**: {spec.format(old)} → {spec.format(new)}")
+            lines.append(f"**{spec.name}**: {setting_value(spec, old)} → {setting_value(spec, new)}")
     return fit_text("\n".join(lines) or "Nothing changed.", CONTENT)
 
 
 def settings_embed(settings: GuildSettings, guild_name: str) -> discord.Embed:
     embed = discord.Embed(title=f"/song settings for {clip(guild_name, 200)}", colour=discord.Colour.blurple())
     for spec, value, is_default in settings.rows():
-        state = "default" if is_default else f"default {spec.format(spec.default)}"
+        state = "default" if is_default else f"default {setting_value(spec, spec.default)}"
         embed.add_field(
             name=spec.name,
             value=fit_text(
-                f"**{spec.format(value)}** ({state})\n{spec.description}\nAllowed: {spec.allowed}", FIELD_VALUE
+                f"**{setting_value(spec, value)}** ({state})\n{setting_description(spec)}\n"
+                f"Allowed: {setting_allowed(spec)}",
+                FIELD_VALUE,
             ),
             inline=False,
         )
@@ -113,7 +122,7 @@ def history_embed(jobs: list[JobRecord], now: datetime) -> discord.Embed:
     for job in jobs:
         title = escaped(str(job.options.get("title") or job.prompt or "song"), HISTORY_TITLE) or "song"
         line = f"**{title}** · {job.status} · {relative(job.created_at.timestamp())}"
-        jump = job.jump_url()
+        jump = jump_url(job)
         if jump:
             line += f" · [message]({jump})"
         shorts.append(line)
@@ -256,7 +265,7 @@ class ConfigCog(commands.Cog):
                 interaction.guild_id, interaction.user.id, changes
             )
         except InvalidInput as exc:
-            await self._reply(interaction, exc.user_message)
+            await self._reply(interaction, input_text(exc))
             return
         await self._reply(interaction, describe_change(before, after))
 
@@ -276,7 +285,7 @@ class ConfigCog(commands.Cog):
         try:
             before, after = await getattr(self.services.store, method)(interaction.guild_id, interaction.user.id, *args)
         except InvalidInput as exc:
-            await self._reply(interaction, exc.user_message)
+            await self._reply(interaction, input_text(exc))
             return
         await self._reply(interaction, describe_change(before, after))
 

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import discord
 
+from cogs._text import plural
 from services.doctor import CheckResult, fail, ok
-from services.text import plural
 
 CommandsMatch = Callable[[list[dict[str, Any]], list[Any]], bool]
 

@@ -158,9 +158,9 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, InvalidInput | ConfigError | UsageError):
         text = str(exc)
     elif isinstance(exc, ServiceError):
-        text = f"{exc.user_message} ({exc})"
+        text = f"{exc.summary} ({exc})"
     elif isinstance(exc, SongbotError):
-        text = f"{exc.user_message} ({exc})" if str(exc) != exc.user_message else exc.user_message
+        text = f"{exc.summary} ({exc})" if str(exc) != exc.summary else exc.summary
     else:
         text = f"unexpected {type(exc).__name__}: {exc}"
     return "error: " + " ".join(text.split())

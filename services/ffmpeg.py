@@ -32,7 +32,7 @@ WAV_INPUT = ("-f", "wav", "-ignore_length", "1", "-max_size", str(256 * 1024))
 class FfmpegError(SongbotError):
     """ffmpeg failed; the message holds the tail of its stderr (never user text)."""
 
-    user_message = "The song could not be processed."
+    summary = "The song could not be processed."
 
 
 @functools.cache

@@ -38,13 +38,13 @@ BOOKKEEPING_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
 class ShuttingDown(SongbotError):
     """The bot is stopping; the job is stopped and its quota refunded."""
 
-    user_message = "The bot is restarting, so your song was stopped and your quota refunded. Please try again soon."
+    summary = "The bot is restarting, so your song was stopped and your quota refunded. Please try again soon."
 
 
 class DeliveryFailed(SongbotError):
     """Every way of posting the finished song failed."""
 
-    user_message = "Your song was made but could not be posted here."
+    summary = "Your song was made but could not be posted here."
 
 
 class Generator(Protocol):

@@ -1,6 +1,7 @@
 """The ordered enforcement chain: may this member make a song here, now? Checked before any API call.
 
-The order, first refusal wins (each with its own one-sentence message and a :class:`RefusalReason`):
+The order, first refusal wins (each a :class:`RefusalReason` with the data its sentence in ``cogs/_words.py``
+needs):
 
 1. disabled — the server turned ``/song`` off;
 2. channel not allowed — the server lists channels and this isn't one;
@@ -49,12 +50,9 @@ from services.clock import Clock, utc_day
 from services.errors import PolicyRefusal
 from services.guild_settings import DEFAULTS, GuildSettings
 from services.store import DM_GUILD, MemberTotals, Store, Tx
-from services.text import listing, plural
 
 #: Songs one member may have queued or generating at once, so one member cannot fill the shared queue.
 MAX_JOBS_PER_MEMBER = 2
-#: How many channel or role mentions a refusal lists before "and N more".
-_MENTION_LIMIT = 5
 
 
 class RefusalReason(StrEnum):
@@ -152,22 +150,6 @@ def _epoch(moment: datetime) -> int:
     return math.ceil(moment.timestamp())
 
 
-def _relative(moment: datetime) -> str:
-    """Discord's relative timestamp markup ("in 5 minutes"), shown in the member's own time zone."""
-    return f"<t:{_epoch(moment)}:R>"
-
-
-def _mentions(ids: Sequence[int], mark: str) -> str:
-    return listing([f"<{mark}{i}>" for i in ids], _MENTION_LIMIT)
-
-
-def _minutes(seconds: int) -> str:
-    """``45 seconds``, ``1 minute``, ``2.5 minutes``."""
-    if seconds < 60:
-        return plural(seconds, "second")
-    return plural(seconds / 60, "minute")
-
-
 class Policy:
     """The enforcement chain and quota bookkeeping. One per bot, sharing the store and the clock."""
 
@@ -206,23 +188,11 @@ class Policy:
             await self._check_quotas(tx, ctx, settings, now, seconds)
             retry = now + timedelta(seconds=max(60, ctx.estimated_seconds))
             if ctx.guild_id is not None and await tx.waiting_jobs(ctx.guild_id) >= settings.max_queued:
-                raise PolicyRefusal(
-                    RefusalReason.QUEUE_FULL,
-                    f"This server already has {settings.max_queued} songs waiting in the queue; "
-                    f"try again {_relative(retry)}.",
-                    retry_at=_epoch(retry),
-                )
+                raise PolicyRefusal(RefusalReason.QUEUE_FULL, retry_at=_epoch(retry), limit=settings.max_queued)
             if place.member_songs() >= MAX_JOBS_PER_MEMBER:
-                raise PolicyRefusal(
-                    RefusalReason.MEMBER_BUSY,
-                    f"You already have {MAX_JOBS_PER_MEMBER} songs in progress; wait for one to finish (or cancel it).",
-                )
+                raise PolicyRefusal(RefusalReason.MEMBER_BUSY, limit=MAX_JOBS_PER_MEMBER)
             if not place.claim():
-                raise PolicyRefusal(
-                    RefusalReason.QUEUE_FULL,
-                    f"The song queue is full right now; try again {_relative(retry)}.",
-                    retry_at=_epoch(retry),
-                )
+                raise PolicyRefusal(RefusalReason.QUEUE_FULL, retry_at=_epoch(retry))
             job_id = await tx.insert_job(
                 guild_id=ctx.guild_id,
                 channel_id=ctx.channel_id,
@@ -242,17 +212,11 @@ class Policy:
     @staticmethod
     def _check_access(ctx: RequestContext, settings: GuildSettings) -> None:
         if not settings.enabled:
-            raise PolicyRefusal(RefusalReason.DISABLED, "Song making is turned off in this server.")
+            raise PolicyRefusal(RefusalReason.DISABLED)
         if settings.channels and ctx.channel_id not in settings.channels:
-            raise PolicyRefusal(
-                RefusalReason.CHANNEL,
-                f"Songs can't be made in this channel; use {_mentions(settings.channels, '#')}.",
-            )
+            raise PolicyRefusal(RefusalReason.CHANNEL, ids=settings.channels)
         if settings.roles and not ctx.is_manager and not set(ctx.role_ids) & set(settings.roles):
-            raise PolicyRefusal(
-                RefusalReason.ROLE,
-                f"Making songs here needs one of these roles: {_mentions(settings.roles, '@&')}.",
-            )
+            raise PolicyRefusal(RefusalReason.ROLE, ids=settings.roles)
 
     @staticmethod
     async def _check_cooldown(tx: Tx, ctx: RequestContext, settings: GuildSettings, now: datetime) -> None:
@@ -263,62 +227,42 @@ class Policy:
             return
         ends = last + timedelta(seconds=settings.cooldown)
         if now < ends:
-            raise PolicyRefusal(
-                RefusalReason.COOLDOWN,
-                f"You're on cooldown: you can make your next song {_relative(ends)}.",
-                retry_at=_epoch(ends),
-            )
+            raise PolicyRefusal(RefusalReason.COOLDOWN, retry_at=_epoch(ends))
 
     async def _check_quotas(
         self, tx: Tx, ctx: RequestContext, settings: GuildSettings, now: datetime, seconds: int
     ) -> None:
         day = utc_day(now)
-        resets = next_utc_midnight(now)
-        retry_at = _epoch(resets)
+        retry_at = _epoch(next_utc_midnight(now))
         guild = self._usage_guild(ctx.guild_id)
         member = await tx.member_totals(guild, ctx.user_id, day)
         if member.songs + 1 > settings.member_daily_songs:
-            where = "in this server" if ctx.guild_id is not None else "in direct messages"
             raise PolicyRefusal(
                 RefusalReason.MEMBER_QUOTA,
-                f"You've reached your daily limit of {plural(settings.member_daily_songs, 'song')} {where}; "
-                f"it resets {_relative(resets)}.",
                 retry_at=retry_at,
+                limit=settings.member_daily_songs,
+                direct=ctx.guild_id is None,
             )
         if ctx.guild_id is not None:
             server = await tx.guild_totals(ctx.guild_id, day)
             if server.songs + 1 > settings.server_daily_songs:
-                raise PolicyRefusal(
-                    RefusalReason.SERVER_SONGS,
-                    f"This server has reached its daily limit of {plural(settings.server_daily_songs, 'song')}; "
-                    f"it resets {_relative(resets)}.",
-                    retry_at=retry_at,
-                )
+                raise PolicyRefusal(RefusalReason.SERVER_SONGS, retry_at=retry_at, limit=settings.server_daily_songs)
             limit = settings.server_daily_minutes * 60
             if server.seconds + seconds > limit:
-                left = max(0, limit - server.seconds)
-                message = (
-                    f"This server has used its {plural(settings.server_daily_minutes, 'minute')} of music for today; "
-                    f"it resets {_relative(resets)}."
-                    if left == 0
-                    else f"This server has only {_minutes(left)} of its daily "
-                    f"{plural(settings.server_daily_minutes, 'minute')} of music left, not enough for this song "
-                    f"(about {_minutes(seconds)}); "
-                    f"it resets {_relative(resets)}."
+                raise PolicyRefusal(
+                    RefusalReason.SERVER_MINUTES,
+                    retry_at=retry_at,
+                    limit=settings.server_daily_minutes,
+                    left=max(0, limit - server.seconds),
+                    needed=seconds,
                 )
-                raise PolicyRefusal(RefusalReason.SERVER_MINUTES, message, retry_at=retry_at)
         budget = self._global_daily_seconds
         if budget is not None:
             billed = await tx.global_billed(day)
             if billed + seconds > budget:
-                left = max(0, budget - billed)
-                message = (
-                    f"The bot has used its music budget for today across all servers; it resets {_relative(resets)}."
-                    if left == 0
-                    else f"The bot has only {_minutes(left)} of music left for today across all servers, not enough "
-                    f"for this song (about {_minutes(seconds)}); it resets {_relative(resets)}."
+                raise PolicyRefusal(
+                    RefusalReason.GLOBAL_BUDGET, retry_at=retry_at, left=max(0, budget - billed), needed=seconds
                 )
-                raise PolicyRefusal(RefusalReason.GLOBAL_BUDGET, message, retry_at=retry_at)
 
     async def settle(self, job_id: int, actual_seconds: float, billed_seconds: float | None = None) -> bool:
         """Commit a delivered job's real use (its estimate replaced by ``actual_seconds``, rounded up), and what

@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
+from cogs._words import failure_text
 from services import audio
 from services.audio import FitResult, Tags, fit, ladder_for, slugify, transcode, waveform_png
 from services.errors import CannotFit
@@ -301,7 +302,7 @@ async def test_impossible_limit_cannot_fit_and_leaves_nothing(sources: Sources, 
     with pytest.raises(CannotFit) as caught:
         await fit(sources.wav_stereo, "wav", want, 2000, tags=TAGS, out_dir=tmp_path)
     assert "2000 bytes" in str(caught.value)
-    assert caught.value.user_message == "The song is too large to upload here."
+    assert failure_text(caught.value).startswith("The song is too large to upload here. (error id")
     assert await _listdir(tmp_path) == []
 
 

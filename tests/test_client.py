@@ -14,6 +14,7 @@ import aiohttp
 import psutil
 import pytest
 
+from cogs._words import failure_text
 from services import simulator as simulator_module
 from services.errors import (
     AuthError,
@@ -576,7 +577,7 @@ async def test_api_key_never_in_errors_reprs_or_logs(
     for scenario in [Scenario(pre_error="Throttling"), Scenario(mid_error="Arrearage"), Scenario(no_stop=True)]:
         simulator.scenario = scenario
         err = await fail(client, failures)
-        texts += [str(err), repr(err), err.user_message]
+        texts += [str(err), repr(err), err.summary, failure_text(err)]
     simulator.scenario = Scenario()
     await client.generate(prompt(), out_dir=done)
     await simulator.close()

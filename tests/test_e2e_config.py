@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from cogs._words import setting_allowed
 from services.guild_settings import MAX_IDS, SPECS
 from services.offline.payloads import MODERATOR_PERMISSIONS
 from services.policy import RequestContext
@@ -252,7 +253,7 @@ async def test_set_options_carry_the_settings_bounds(tmp_path: Path) -> None:
             option = options[name]
             assert option["type"] == 4  # integer
             assert (option["min_value"], option["max_value"]) == (SPECS[name].low, SPECS[name].high), option
-            assert SPECS[name].allowed in option["description"]
+            assert setting_allowed(SPECS[name]) in option["description"]
 
 
 async def test_a_crafted_long_value_is_refused_in_one_short_sentence(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from cogs._words import refusal_text
 from services.clock import FakeClock
 from services.errors import PolicyRefusal
 from services.guild_settings import DEFAULTS
@@ -101,7 +102,7 @@ async def test_admission_creates_an_accepted_job_and_reserves(store: Store, poli
 async def test_disabled(store: Store, policy: Policy) -> None:
     await store.update_guild_settings(GUILD, MOD, {"enabled": False})
     refused = await refusal(policy, ctx(manager=True))
-    assert (refused.reason, refused.user_message, refused.retry_at) == (
+    assert (refused.reason, refusal_text(refused), refused.retry_at) == (
         "disabled",
         "Song making is turned off in this server.",
         None,
@@ -114,14 +115,14 @@ async def test_channel_not_allowed_even_for_managers(store: Store, policy: Polic
     await store.add_channel(GUILD, MOD, 11)
     refused = await refusal(policy, ctx(channel=12, manager=True))
     assert refused.reason == RefusalReason.CHANNEL
-    assert refused.user_message == "Songs can't be made in this channel; use <#10>, <#11>."
+    assert refusal_text(refused) == "Songs can't be made in this channel; use <#10>, <#11>."
     await admit(policy, ctx(channel=11))
 
 
 async def test_long_channel_lists_are_shortened(store: Store, policy: Policy) -> None:
     await store.update_guild_settings(GUILD, MOD, {"channels": list(range(1, 9))})
     refused = await refusal(policy, ctx(channel=99))
-    assert refused.user_message == "Songs can't be made in this channel; use <#1>, <#2>, <#3>, <#4>, <#5> and 3 more."
+    assert refusal_text(refused) == "Songs can't be made in this channel; use <#1>, <#2>, <#3>, <#4>, <#5> and 3 more."
 
 
 async def test_role_not_allowed_but_managers_are_exempt(store: Store, policy: Policy) -> None:
@@ -129,7 +130,7 @@ async def test_role_not_allowed_but_managers_are_exempt(store: Store, policy: Po
     await store.add_role(GUILD, MOD, ROLE)
     refused = await refusal(policy, ctx(roles=(1, 2)))
     assert refused.reason == RefusalReason.ROLE
-    assert refused.user_message == f"Making songs here needs one of these roles: <@&{ROLE}>."
+    assert refusal_text(refused) == f"Making songs here needs one of these roles: <@&{ROLE}>."
     await admit(policy, ctx(roles=(1, ROLE)))
     await admit(policy, ctx(roles=(), manager=True))
 
@@ -141,7 +142,7 @@ async def test_cooldown_message_and_retry_at(store: Store, policy: Policy, clock
     refused = await refusal(policy, ctx())
     ends = int((started + timedelta(seconds=60)).timestamp())
     assert (refused.reason, refused.retry_at) == (RefusalReason.COOLDOWN, ends)
-    assert refused.user_message == f"You're on cooldown: you can make your next song <t:{ends}:R>."
+    assert refusal_text(refused) == f"You're on cooldown: you can make your next song <t:{ends}:R>."
     assert await policy.cooldown_ends(GUILD, MEMBER) == started + timedelta(seconds=60)
     await admit(policy, ctx(user=MEMBER + 1))  # someone else is not on this member's cooldown
     await admit(policy, ctx(guild=GUILD + 1))  # nor is this member in another server
@@ -157,7 +158,7 @@ async def test_member_daily_quota(store: Store, policy: Policy, clock: FakeClock
     refused = await refusal(policy, ctx())
     midnight = int(MIDNIGHT.timestamp())
     assert (refused.reason, refused.retry_at) == (RefusalReason.MEMBER_QUOTA, midnight)
-    assert refused.user_message == (
+    assert refusal_text(refused) == (
         f"You've reached your daily limit of 2 songs in this server; it resets <t:{midnight}:R>."
     )
     await admit(policy, ctx(user=MEMBER + 1))
@@ -169,7 +170,7 @@ async def test_server_daily_songs(store: Store, policy: Policy) -> None:
     await admit(policy, ctx(user=2))
     refused = await refusal(policy, ctx(user=3))
     assert refused.reason == RefusalReason.SERVER_SONGS
-    assert refused.user_message == (
+    assert refusal_text(refused) == (
         f"This server has reached its daily limit of 2 songs; it resets <t:{int(MIDNIGHT.timestamp())}:R>."
     )
     await admit(policy, ctx(user=3, guild=GUILD + 1))
@@ -182,13 +183,13 @@ async def test_server_daily_minutes(store: Store, policy: Policy) -> None:
     refused = await refusal(policy, ctx(user=3, seconds=90))
     assert refused.reason == RefusalReason.SERVER_MINUTES
     reset = f"<t:{int(MIDNIGHT.timestamp())}:R>"
-    assert refused.user_message == (
+    assert refusal_text(refused) == (
         "This server has only 1 minute of its daily 5 minutes of music left, not enough for this song "
         f"(about 1.5 minutes); it resets {reset}."
     )
     await admit(policy, ctx(user=3, seconds=60))  # exactly the rest fits
     refused = await refusal(policy, ctx(user=4, seconds=1))
-    assert refused.user_message == f"This server has used its 5 minutes of music for today; it resets {reset}."
+    assert refusal_text(refused) == f"This server has used its 5 minutes of music for today; it resets {reset}."
 
 
 async def test_global_budget_spans_servers_and_dms(store: Store, clock: FakeClock) -> None:
@@ -200,13 +201,13 @@ async def test_global_budget_spans_servers_and_dms(store: Store, clock: FakeCloc
     refused = await refusal(policy, ctx(user=4, seconds=51))
     reset = f"<t:{int(MIDNIGHT.timestamp())}:R>"
     assert (refused.reason, refused.retry_at) == (RefusalReason.GLOBAL_BUDGET, int(MIDNIGHT.timestamp()))
-    assert refused.user_message == (
+    assert refusal_text(refused) == (
         "The bot has only 50 seconds of music left for today across all servers, not enough for this song "
         f"(about 51 seconds); it resets {reset}."
     )
     await admit(policy, ctx(user=4, seconds=50))
     refused = await refusal(policy, ctx(user=5, seconds=1))
-    assert refused.user_message == (
+    assert refusal_text(refused) == (
         f"The bot has used its music budget for today across all servers; it resets {reset}."
     )
     usage = await policy.global_usage()
@@ -216,7 +217,7 @@ async def test_global_budget_spans_servers_and_dms(store: Store, clock: FakeCloc
 async def test_queue_full_is_last_and_writes_nothing(store: Store, policy: Policy, clock: FakeClock) -> None:
     refused = await refusal(policy, ctx(), queue=no_room)
     retry = int(clock.now().timestamp()) + 60  # about one song's generation (the estimate, at least a minute)
-    assert (refused.reason, refused.retry_at, refused.user_message) == (
+    assert (refused.reason, refused.retry_at, refusal_text(refused)) == (
         RefusalReason.QUEUE_FULL,
         retry,
         f"The song queue is full right now; try again <t:{retry}:R>.",
@@ -231,7 +232,8 @@ async def test_a_member_with_their_share_in_progress_is_refused_before_the_queue
     busy = Place(room=False, songs=MAX_JOBS_PER_MEMBER)
     refused = await refusal(policy, ctx(), busy)
     assert refused.reason == RefusalReason.MEMBER_BUSY and refused.retry_at is None
-    assert f"already have {MAX_JOBS_PER_MEMBER} songs in progress" in refused.user_message
+    assert refused.limit == MAX_JOBS_PER_MEMBER
+    assert refusal_text(refused).startswith(f"You already have {MAX_JOBS_PER_MEMBER} songs in progress; wait for")
     assert await usage_of(store) == Totals(0, 0)
     assert await store.history(MEMBER) == []
     await admit(policy, ctx(), Place(songs=MAX_JOBS_PER_MEMBER - 1))
@@ -290,7 +292,7 @@ async def test_direct_messages_only_have_member_quota_global_budget_and_queue(st
         await admit(policy, dm)  # no cooldown in DMs
     refused = await refusal(policy, dm)
     assert refused.reason == RefusalReason.MEMBER_QUOTA
-    assert "daily limit of 5 songs in direct messages" in refused.user_message
+    assert "daily limit of 5 songs in direct messages" in refusal_text(refused)
     usage = await policy.member_usage(None, MEMBER)
     assert (usage.songs_used, usage.songs_left, usage.seconds_used) == (5, 0, 50)
     assert await usage_of(store, guild=DM_GUILD) == Totals(5, 50)
@@ -538,7 +540,7 @@ async def test_global_budget_counts_what_was_billed_not_what_was_delivered(store
     assert await usage_of(store, user=1) == Totals(0, 0)
     assert await usage_of(store, user=3, guild=DM_GUILD) == Totals(0, 0)
     refused = await refusal(policy, ctx(user=4, seconds=181))
-    assert refused.reason == RefusalReason.GLOBAL_BUDGET and "only 3 minutes of music left" in refused.user_message
+    assert refused.reason == RefusalReason.GLOBAL_BUDGET and "only 3 minutes of music left" in refusal_text(refused)
     await admit(policy, ctx(user=4, seconds=180))
 
 
@@ -598,7 +600,7 @@ async def test_each_server_bounds_its_own_queue_and_says_when_to_try_again(
     refused = await refusal(policy, ctx(user=3, seconds=200))
     retry = int(clock.now().timestamp()) + 200
     assert (refused.reason, refused.retry_at) == (RefusalReason.QUEUE_FULL, retry)
-    assert refused.user_message == f"This server already has 2 songs waiting in the queue; try again <t:{retry}:R>."
+    assert refusal_text(refused) == f"This server already has 2 songs waiting in the queue; try again <t:{retry}:R>."
     await admit(policy, ctx(user=3, guild=GUILD + 1))
     await admit(policy, ctx(user=3, guild=None))
     await store.transition(first.job_id, JobStatus.GENERATING)

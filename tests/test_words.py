@@ -23,19 +23,27 @@ from cogs._limits import (
     fit_lines,
     fit_text,
 )
-from cogs._words import failure_text, refusal_text
+from cogs._text import clip, listing, plural
+from cogs._words import (
+    FAILURES,
+    SETTING_DESCRIPTIONS,
+    failure_text,
+    refusal_text,
+    setting_allowed,
+    setting_error_text,
+    setting_value,
+)
 from cogs.config import describe_change, history_embed, settings_embed, usage_embed
 from cogs.song import CancelButton, RegenerateButton
 from cogs.song._delivery import LYRICS_IN_EMBED, SongContext, SongMessage
 from services.audio import FitResult, Tags
-from services.errors import InvalidInput, PolicyRefusal
+from services.errors import InvalidInput, PolicyRefusal, SongbotError, SongTooLong, ThrottledError
 from services.funmusic.request import GenerationRequest, GenerationResult
-from services.guild_settings import DEFAULTS, MAX_IDS, SPECS, GuildSettings, validate_setting
+from services.guild_settings import DEFAULTS, MAX_IDS, SPECS, GuildSettings, InvalidSetting, validate_setting
 from services.jobs import PreparedSong
 from services.offline.discord_rest import DiscordError, Rules, check_components, check_embeds
-from services.policy import MemberUsage, ServerUsage
+from services.policy import MemberUsage, RefusalReason, ServerUsage
 from services.store import JobRecord, JobStatus, MemberTotals
-from services.text import clip, listing, plural
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 #: What a member could put in a prompt to make escaping double it.
@@ -81,15 +89,20 @@ def test_plural(count: float, noun: str, text: str) -> None:
 
 
 def test_counts_read_right_in_settings_and_refusals() -> None:
-    assert SPECS["cooldown"].format(1) == "1 second"
-    assert SPECS["cooldown"].format(60) == "60 seconds"
-    assert SPECS["member_daily_songs"].format(1) == "1 song"
-    assert SPECS["max_concurrent"].allowed == "1–20 songs"
-    assert SPECS["channels"].allowed == "up to 100 channels; empty means all"
+    assert setting_value(SPECS["cooldown"], 1) == "1 second"
+    assert setting_value(SPECS["cooldown"], 60) == "60 seconds"
+    assert setting_value(SPECS["member_daily_songs"], 1) == "1 song"
+    assert setting_allowed(SPECS["max_concurrent"]) == "1–20 songs"
+    assert setting_allowed(SPECS["channels"]) == "up to 100 channels; empty means all"
     assert listing(["a", "b", "c"], 2, "role") == "a, b and 1 more role"
     assert listing(["a", "b", "c", "d"], 2, "role") == "a, b and 2 more roles"
-    with pytest.raises(InvalidInput, match="between 1 and 20 songs"):
+    with pytest.raises(InvalidSetting) as refused:
         validate_setting("max_concurrent", 21)
+    assert "between 1 and 20 songs" in setting_error_text(refused.value)
+
+
+def test_every_setting_is_described_here() -> None:
+    assert set(SETTING_DESCRIPTIONS) == set(SPECS)
 
 
 def test_clip_never_leaves_half_an_escape() -> None:
@@ -247,6 +260,25 @@ def test_song_embed_with_markdown_lyrics_and_a_long_signed_url_fits(tmp_path: Pa
     assert_fits(embeds=[short])
     download = next(f for f in short.fields if f.name == "Download")
     assert download.value is not None and SIGNED_URL in download.value
+
+
+@pytest.mark.parametrize("reason", list(RefusalReason))
+def test_every_refusal_reason_has_its_sentence(reason: RefusalReason) -> None:
+    """The policy hands over data only; each of its reasons has words here, with every placeholder filled."""
+    refusal = PolicyRefusal(reason, retry_at=NOW.timestamp(), limit=3, left=30, needed=90, ids=(1, 2))
+    text = refusal_text(refusal)
+    assert text and "{" not in text and "}" not in text
+
+
+def test_every_failure_has_its_sentence_with_its_data() -> None:
+    """The errors carry data; the words (by class, nearest in the MRO) are filled from it here."""
+    examples: list[SongbotError] = [cls("log text") for cls in FAILURES if cls not in (SongTooLong, ThrottledError)]
+    examples += [SongTooLong("log", duration_s=421, limit_s=300), ThrottledError("log", retry_after=30)]
+    for error in examples:
+        text = failure_text(error)
+        assert text.startswith(FAILURES[type(error)].split("{")[0]) and "{" not in text, text
+    assert "is 7:01 long, over this bot's limit of 5:00" in failure_text(examples[-2])
+    assert "busy right now; try again <t:" in failure_text(examples[-1])
 
 
 def test_failure_and_refusal_texts_fit_with_their_prefix() -> None:

@@ -100,7 +100,8 @@ class JobRecord:
         return None
 
     def jump_url(self) -> str | None:
-        """A link to the result message, when one was posted."""
+        """A link to the result message, when one was posted. Kept for ``cogs/song.py`` only, until it calls
+        ``cogs/_words.py``'s :func:`jump_url` (the one the other cogs use)."""
         if self.message_id is None:
             return None
         guild = self.guild_id if self.guild_id is not None else "@me"

@@ -1,7 +1,6 @@
-"""Words for the sentences a member reads: the one plural helper every message uses, lists and cutting.
+"""The grammar under the sentences a member reads: the one plural helper every message uses, lists and cutting.
 
-Here (not in ``cogs/``) because ``services/`` builds some sentences itself (policy refusals, setting values); the
-cogs use the same helpers through ``cogs/_words.py``.
+The sentences themselves are ``cogs/_words.py``'s, which uses these (and offers them to the other cogs).
 """
 
 from __future__ import annotations
