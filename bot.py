@@ -131,7 +131,6 @@ class SongBot(commands.Bot):
         self.force_sync = force_sync or sync_only
         self.sync_only = sync_only
         self._services: Services | None = None
-        self.stopping = False
         self._health: HealthServer | None = None
         self._lag_sampler: asyncio.Task[None] | None = None
 
@@ -187,7 +186,7 @@ class SongBot(commands.Bot):
         simulator = None
         base_url, api_key = settings.dashscope_base_url, settings.dashscope_api_key
         if settings.simulated:
-            from services.simulator import start_simulator_for
+            from services.offline.simulator import start_simulator_for
 
             simulator, base_url, api_key = await start_simulator_for(settings)
         client = FunMusicClient.from_settings(session, settings, base_url=base_url, api_key=api_key)
@@ -294,7 +293,6 @@ class SongBot(commands.Bot):
 
     async def close(self) -> None:
         """Stop in order: jobs first (their members are told while Discord is still reachable), then the rest."""
-        self.stopping = True
         services = self._services
         if services is not None:
             await services.jobs.shutdown()

@@ -19,23 +19,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.sampling import RssSampler, cpu_seconds, machine
 from services.audio import Tags
 from services.errors import SongbotError
 from services.ffmpeg import ffmpeg_exe
@@ -47,12 +44,6 @@ from services.settings import Secret
 API_KEY = "sk-bench-0000"
 PROMPT = "an epic orchestral anthem with choir and drums for a long journey"
 LYRICS = "[verse]\n" + "we ride the long road home tonight\n" * 40
-
-
-def cpu_seconds() -> float:
-    """CPU time used so far by this process and by its children that have exited (ffmpeg)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 class TimedClient(FunMusicClient):
@@ -108,31 +99,6 @@ class Observer:
         return None
 
 
-class RssSampler:
-    """Peak resident memory of this process over a block, sampled from a thread."""
-
-    def __init__(self, interval_s: float = 0.02) -> None:
-        self._proc = psutil.Process()
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self.baseline = self._proc.memory_info().rss
-        self.peak = self.baseline
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            time.sleep(self._interval_s)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 @dataclass
 class JobRun:
     seconds: float
@@ -144,7 +110,7 @@ class JobRun:
 
 def start_simulator(duration_s: float) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.simulator", "--duration", str(duration_s), "--api-key", API_KEY],
+        [sys.executable, "-m", "services.offline.simulator", "--duration", str(duration_s), "--api-key", API_KEY],
         cwd=Path(__file__).resolve().parent.parent,
         stdout=subprocess.PIPE,
     )
@@ -181,7 +147,7 @@ async def one_job(client: TimedClient, work_dir: Path, job_id: int, max_bytes: i
         observer.deliver_cpu - client.final_event_cpu,
         audio.bitrate_kbps,
         audio.size,
-        rss.peak - rss.baseline,
+        rss.delta,
     )
 
 
@@ -194,20 +160,6 @@ async def cli_encode(src: Path, dst: Path, kbps: int) -> tuple[float, float]:
     if await proc.wait() != 0:
         raise SystemExit("the ffmpeg CLI encode failed")
     return time.perf_counter() - start, cpu_seconds() - cpu
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    ram = psutil.virtual_memory().total / 2**30
-    return f"{os.cpu_count()} CPUs ({cpu}), {ram:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 async def main(duration_s: float, runs: int, max_bytes: int) -> None:

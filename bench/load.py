@@ -30,32 +30,28 @@ import collections
 import contextlib
 import cProfile
 import logging
-import os
-import platform
 import pstats
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiohttp import web
 
+from bench.sampling import RssSampler, machine
 from bot import point_at_discord
 from services.logs import setup_logging
 from services.offline.discord import FakeDiscord, point_discord_py_at
+from services.offline.simulator import FunMusicSimulator, Scenario, cached_audio
 from services.settings import load_settings
-from services.simulator import FunMusicSimulator, Scenario, cached_audio
-from tests.e2e import TOKEN, Harness, LogCapture, e2e_env, started_bot
-from tests.sim_fixtures import SIM_KEY
+from tests.support.e2e import TOKEN, Harness, LogCapture, e2e_env, started_bot
+from tests.support.sim_fixtures import SIM_KEY
 
 CHUNK_BYTES = 16384
 MP3_BYTES_PER_SECOND = 128_000 // 8
@@ -98,36 +94,6 @@ class LagSampler:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-
-class RssSampler:
-    """Peak resident memory of this process (and, separately, of its children), sampled from a thread."""
-
-    def __init__(self, interval_s: float = 0.02) -> None:
-        self._proc = psutil.Process()
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
-        self.peak = 0
-        self.peak_children = 0
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            children = 0
-            for child in self._proc.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    children += child.memory_info().rss
-            self.peak_children = max(self.peak_children, children)
-            self._stop.wait(self._interval_s)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @dataclass
@@ -270,7 +236,7 @@ async def wait_for_jobs(h: Harness, ids: list[int], timeout: float) -> None:
 
 async def run(args: argparse.Namespace) -> Results:
     results = Results(members=args.members)
-    with tempfile.TemporaryDirectory(prefix="songbot-load-") as tmp, RssSampler() as rss:
+    with tempfile.TemporaryDirectory(prefix="songbot-load-") as tmp, RssSampler(children=True) as rss:
         work = Path(tmp)
         async with bot_under_load(work, args) as (h, sim):
             await raise_limits(h, args.members)
@@ -315,19 +281,6 @@ async def run(args: argparse.Namespace) -> Results:
                 results.statuses[status] = results.statuses.get(status, 0) + 1
     results.peak_rss, results.peak_children_rss = rss.peak, rss.peak_children
     return results
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    ram = psutil.virtual_memory().total / 2**30
-    return (
-        f"{os.cpu_count()} CPUs ({model}), {ram:.1f} GiB RAM, Python {platform.python_version()}, {platform.system()}"
-    )
 
 
 def report(args: argparse.Namespace, r: Results) -> None:

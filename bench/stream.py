@@ -6,7 +6,7 @@ Contestants, each on the same stream from the same simulator (a separate process
   writes in a thread, WAV repair, and the decode check with ffmpeg that every real song gets, fed through a pipe
   while the song streams);
 - the official ``dashscope`` SDK (``BaseAioApi.call(..., stream=True)``), decoding each event's base64 and writing it
-  to a file. Its async line reader needs a session with a big ``read_bufsize`` (``dashscope-wire.md`` section 6).
+  to a file. Its async line reader needs a session with a big ``read_bufsize`` (``docs/dashscope.md`` section 6).
 
 Prints wall time, MB/s of audio, CPU time (this process and its children, i.e. ffmpeg) in all and per MB of
 audio, and peak memory: tracemalloc's peak (Python allocations, in a separate run, since tracing slows everything)
@@ -26,14 +26,11 @@ import base64
 import contextlib
 import cProfile
 import os
-import platform
 import pstats
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -41,10 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.sampling import RssSampler, cpu_seconds, machine
 from services.ffmpeg import probe_audio
 from services.funmusic import b64
 from services.funmusic.client import FunMusicClient
@@ -64,45 +61,18 @@ class Run:
     cpu_seconds: float
 
 
-def cpu_seconds() -> float:
-    """CPU time used so far by this process and by its children that have exited (ffmpeg)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-class RssSampler:
-    """Peak resident memory growth over a block, sampled from a thread."""
-
-    def __init__(self, interval_s: float = 0.005) -> None:
-        self._proc = psutil.Process()
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self.baseline = self._proc.memory_info().rss
-        self.peak = self.baseline
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            time.sleep(self._interval_s)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    @property
-    def delta(self) -> int:
-        return self.peak - self.baseline
-
-
 def start_simulator(duration_s: float, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.simulator", "--duration", str(duration_s), "--api-key", API_KEY, *extra],
+        [
+            sys.executable,
+            "-m",
+            "services.offline.simulator",
+            "--duration",
+            str(duration_s),
+            "--api-key",
+            API_KEY,
+            *extra,
+        ],
         cwd=Path(__file__).resolve().parent.parent,
         stdout=subprocess.PIPE,
     )
@@ -171,7 +141,7 @@ async def sdk_checked(base_url: str, out_dir: Path) -> int:
 
 
 async def timed(fn: Callable[[str, Path], Awaitable[int]], base_url: str, out_dir: Path) -> Run:
-    with RssSampler() as rss:
+    with RssSampler(interval_s=0.005) as rss:
         cpu = cpu_seconds()
         start = time.perf_counter()
         size = await fn(base_url, out_dir)
@@ -189,26 +159,12 @@ async def traced_peak(fn: Callable[[str, Path], Awaitable[int]], base_url: str, 
         tracemalloc.stop()
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    ram = psutil.virtual_memory().total / 2**30
-    return f"{os.cpu_count()} CPUs ({cpu}), {ram:.0f} GiB RAM, Python {platform.python_version()}"
-
-
 def mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
 async def sdk_default_session_on_a_huge_line(duration_s: float, out_dir: Path) -> str:
-    """What the SDK does, out of the box, with one data line over 600 KB (``dashscope-wire.md`` pitfall 1)."""
+    """What the SDK does, out of the box, with one data line over 600 KB (``docs/dashscope.md`` §6.1)."""
     import dashscope
 
     proc, base_url = start_simulator(duration_s, "--huge-line")

@@ -27,8 +27,8 @@ import aiohttp
 from services.errors import ConfigError, InvalidInput, ServiceError, SongbotError
 from services.funmusic.client import FunMusicClient
 from services.funmusic.request import FORMATS, GENDERS, GenerationRequest, GenerationResult, Progress
+from services.offline.simulator import FunMusicSimulator, start_simulator_for
 from services.settings import Settings, load_settings
-from services.simulator import FunMusicSimulator, start_simulator_for
 
 log = logging.getLogger(__name__)
 

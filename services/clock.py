@@ -25,28 +25,5 @@ class SystemClock:
         return time.monotonic()
 
 
-class FakeClock:
-    """A clock tests set and advance by hand."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-        self._mono = 1000.0
-
-    def now(self) -> datetime:
-        return self._now
-
-    def monotonic(self) -> float:
-        return self._mono
-
-    def advance(self, seconds: float) -> None:
-        from datetime import timedelta
-
-        self._now += timedelta(seconds=seconds)
-        self._mono += seconds
-
-    def set(self, when: datetime) -> None:
-        self._now = when
-
-
 def utc_day(moment: datetime) -> date:
     return moment.astimezone(UTC).date()

@@ -91,10 +91,6 @@ class GuildSettings:
     def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def overrides(self) -> dict[str, object]:
-        """The settings that differ from the code defaults (what the database holds)."""
-        return {name: value for name, value in self.as_dict().items() if value != SPECS[name].default}
-
     def with_changes(self, changes: Mapping[str, object]) -> GuildSettings:
         """A copy with ``changes`` validated and applied."""
         valid: dict[str, Any] = {name: validate_setting(name, value) for name, value in changes.items()}

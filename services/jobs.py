@@ -248,21 +248,9 @@ class JobManager:
         waiting = len(self._waiting) + self._claims.total()
         return not self._closing and waiting < self._queue_size + max(0, self._max_concurrent - len(self._running))
 
-    def stage_of(self, job_id: int) -> JobStatus | None:
-        entry = self._entries.get(job_id)
-        return entry.stage if entry else None
-
-    def position_of(self, job_id: int) -> int | None:
-        entry = self._entries.get(job_id)
-        return entry.position if entry and entry.position else None
-
     @property
     def active_jobs(self) -> int:
         return len(self._entries)
-
-    @property
-    def waiting_jobs(self) -> int:
-        return len(self._waiting)
 
     def jobs_of(self, user_id: int) -> list[int]:
         return [job_id for job_id, entry in self._entries.items() if entry.spec.user_id == user_id]

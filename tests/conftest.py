@@ -8,9 +8,10 @@ from collections.abc import Iterator
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
-#: The loop watchdog: blocking calls and warnings inside the bot's own tasks (which the bot would catch and turn
-#: into a polite failure) fail the test, and so does a loop stall.
-pytest_plugins = ["tests.watchdog"]
+#: Shared fixtures and the loop watchdog (tests/support/): the watchdog fails a test on blocking calls and warnings
+#: inside the bot's own tasks (which the bot would catch and turn into a polite failure), and on a loop stall; the
+#: fixture modules provide ``clock``/``db_target``/``store`` and ``simulator``/``http_session``/``client``.
+pytest_plugins = ["tests.support.watchdog", "tests.support.store_fixtures", "tests.support.sim_fixtures"]
 
 
 @pytest.fixture(autouse=True)

@@ -14,11 +14,9 @@ import pytest
 from bot import REQUIRED_PERMISSIONS, commands_match, print_invite
 from services.offline.discord import FakeDiscord, point_discord_py_at
 from services.settings import load_settings
-from tests.e2e import TOKEN, e2e_env, running_bot
-from tests.sim_fixtures import running_simulator
-from tests.test_faults_process import child_env
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.e2e import TOKEN, e2e_env, running_bot
+from tests.support.processes import ROOT, child_env
+from tests.support.sim_fixtures import running_simulator
 
 
 async def test_commands_sync_only_when_they_changed(tmp_path: Path) -> None:

@@ -92,7 +92,6 @@ class ProgressEditor:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
-        self.edits = 0
 
     def show(self, text: str, view: discord.ui.View | None) -> None:
         if self._stopped:
@@ -125,7 +124,6 @@ class ProgressEditor:
             await self._interaction.edit_original_response(
                 content=text, view=view, embed=None, attachments=[], allowed_mentions=NO_PINGS
             )
-            self.edits += 1
         except discord.HTTPException as exc:
             if exc.status == 429:
                 self._interval = min(self._interval * 2, MAX_PROGRESS_INTERVAL_S)

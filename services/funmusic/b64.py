@@ -1,6 +1,6 @@
 """Strict base64 decoding of the audio: pybase64 where its wheel is installed, else the standard library's.
 
-Both refuse the same inputs (``dashscope-wire.md`` section 6.2): a character outside the standard alphabet
+Both refuse the same inputs (``docs/dashscope.md`` section 6.2): a character outside the standard alphabet
 (whitespace, ``-``, ``_``, anything non-ASCII), a length that is not whole 4-character quanta, padding anywhere but
 at the end, and padding beyond what the last quantum needs (``YWJj====``, which ``binascii`` alone lets through,
 so the fallback checks the length too). Both raise :class:`binascii.Error` (a ``ValueError``), or ``ValueError``

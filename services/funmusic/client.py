@@ -2,7 +2,7 @@
 
 ``generate`` validates the request (no network before that), then POSTs to DashScope, streaming (SSE) when the input
 fits the streaming limits and not otherwise, and ends with a file in ``out_dir`` that has been decoded by ffmpeg to
-measure it. What it guards against, with the reasons in ``dashscope-wire.md``:
+measure it. What it guards against, with the reasons in ``docs/dashscope.md``:
 
 - aiohttp's line reader dies on long lines, so the body is read with ``iter_any()`` into our own SSE parser;
 - each event's base64 is decoded on its own (strictly): joining padded chunks silently drops data; an event cut
@@ -496,7 +496,7 @@ def _blank(event: SSEEvent) -> bool:
 
 
 def _is_stop(output: Mapping[str, Any]) -> bool:
-    """``"null"``, ``""``, JSON null and a missing field all mean "not finished" (``dashscope-wire.md`` §2)."""
+    """``"null"``, ``""``, JSON null and a missing field all mean "not finished" (``docs/dashscope.md`` §2)."""
     reason = output.get("finish_reason")
     return isinstance(reason, str) and reason.strip().lower() == "stop"
 
@@ -789,7 +789,7 @@ class FunMusicClient:
         try:
             async with self._session.post(
                 self.endpoint,
-                json=req.body(streaming=streaming),
+                json=req.body(),
                 headers=self._headers(streaming),
                 timeout=self._timeout,
                 read_bufsize=READ_BUFSIZE,
@@ -1082,7 +1082,7 @@ class _WriteBehind:
         """Queue one read's base64 payloads: decoded (each on its own) and written in order by the worker.
 
         An event cut mid-quantum (a length that is not a multiple of 4) keeps its last 1-3 characters for the
-        next event (``dashscope-wire.md`` §6.2), so each part decoded is whole quanta; invalid characters still
+        next event (``docs/dashscope.md`` §6.2), so each part decoded is whole quanta; invalid characters still
         fail, strictly. A payload is the base64's bytes (normally a view of the event as received); a str is
         taken as its UTF-8, where anything not ASCII is as invalid as it was in the str.
         """

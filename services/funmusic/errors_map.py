@@ -1,6 +1,6 @@
 """DashScope error bodies to songbot's typed errors, by ``code`` first and HTTP status second.
 
-The table is ``dashscope-wire.md`` section 4. Classification never trusts HTTP 200 (a mid-stream ``event:error``
+The table is ``docs/dashscope.md`` section 4. Classification never trusts HTTP 200 (a mid-stream ``event:error``
 arrives on a 200 response) and never trusts the SDK's status either: the code decides. An unknown code falls back to
 the status: 5xx/408/409/429 are retryable, other 4xx are not.
 """

@@ -1,6 +1,6 @@
 """A client-side sliding-window rate limiter: at most ``rate`` requests in any ``per_s`` seconds.
 
-fun-music-v1 allows 180 requests per minute (``dashscope-wire.md`` section 5). Every POST (first tries and retries
+fun-music-v1 allows 180 requests per minute (``docs/dashscope.md`` section 5). Every POST (first tries and retries
 alike) takes a slot, so a burst of retries cannot push the process over the model's limit. Waiters are served in
 arrival order. Clock and sleep are injected so tests move time instead of waiting.
 """

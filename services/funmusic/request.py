@@ -1,6 +1,6 @@
 """What a Fun-Music request is, what comes back, and the documented input limits.
 
-Limits follow ``fun-music-api.txt`` / ``dashscope-wire.md`` section 1. Text that contains CJK characters is counted
+Limits follow ``docs/dashscope.md`` section 1. Text that contains CJK characters is counted
 in Chinese characters; otherwise prompts and streaming lyrics are counted in English words and non-streaming lyrics
 in characters. A request that fits the streaming limits is streamed; one that only fits the non-streaming limits
 is not; one that fits neither is refused with one sentence, before any network call.
@@ -160,9 +160,9 @@ class GenerationRequest:
         assert req.prompt is not None
         return req, _choose_mode(req.prompt, measure_prompt, PROMPT_LIMITS, "The prompt")
 
-    def body(self, *, streaming: bool) -> dict[str, object]:
-        """The JSON body DashScope expects; every option is inside ``input``."""
-        del streaming  # the body is the same for both modes; the header differs
+    def body(self) -> dict[str, object]:
+        """The JSON body DashScope expects, the same for both modes (the header differs); every option is inside
+        ``input``."""
         inp: dict[str, object] = {"format": self.format}
         lyrics = self.effective_lyrics
         if lyrics:

@@ -1,4 +1,4 @@
-"""An incremental Server-Sent Events parser for DashScope streams (``dashscope-wire.md`` section 3).
+"""An incremental Server-Sent Events parser for DashScope streams (``docs/dashscope.md`` section 3).
 
 Why not aiohttp's line reader: ``resp.content.readline()`` and ``async for line in resp.content`` raise
 ``LineTooLong`` on lines over 512 KiB (aiohttp 3.14), and one base64 ``data:`` line can be larger. This parser is fed

@@ -24,8 +24,8 @@ from typing import Any, Protocol, TextIO
 
 from services.offline.discord import FakeDiscord, FakeUser, StoredMessage, point_discord_py_at
 from services.offline.payloads import MODERATOR_PERMISSIONS
+from services.offline.simulator import FunMusicSimulator, Scenario
 from services.settings import Settings, load_settings
-from services.simulator import FunMusicSimulator, Scenario
 
 DEMO_TOKEN = "MTA5ODc2NTQzMjEwOTg3NjU0.demo00.offline-demo-token-not-a-real-discord-token"
 DEMO_KEY = "sk-demo-simulator-key"

@@ -1,5 +1,6 @@
-"""An offline Discord for end-to-end tests: `FakeDiscord` serves the REST API and the gateway on 127.0.0.1,
-enforces Discord's rules, records every request and keeps what members would see.
+"""An offline Discord for the demo and the end-to-end tests: `FakeDiscord` serves the REST API and the gateway on
+127.0.0.1, enforces Discord's rules, records every request and keeps what members would see (how faithful, and
+where not: docs/offline.md).
 
     fake = FakeDiscord(token="test-token")
     await fake.start()
@@ -286,7 +287,7 @@ class FakeDiscord:
         attachment_size_limit: int,
         locale: str,
     ) -> Json:
-        """The fields every interaction carries (discord-notes §10: version, attachment_size_limit, member
+        """The fields every interaction carries (docs/offline.md: version, attachment_size_limit, member
         or user, a full channel object) around a new snowflake id at `created_at` (default: now)."""
         state = self.state
         user = user or self.user
@@ -648,11 +649,6 @@ class FakeDiscord:
 
     # --- time, faults and rate limits ---
 
-    def age_interaction(self, interaction_id: int, seconds: float) -> None:
-        """Make an interaction `seconds` older in the fake's eyes (its token expires after
-        `rules.token_lifetime`); the bot's view of the snowflake is unchanged."""
-        self.interaction(interaction_id).age_offset += seconds
-
     def expire_token(self, interaction_id: int) -> None:
         """From now on the interaction's webhook routes answer 401/50027 (Invalid Webhook Token)."""
         record = self.interaction(interaction_id)
@@ -714,10 +710,6 @@ class FakeDiscord:
         self.state.buckets.append(bucket)
         return bucket
 
-    def clear_faults(self) -> None:
-        self.state.faults.clear()
-        self.state.buckets.clear()
-
     # --- gateway controls ---
 
     async def dispatch(self, event: str, data: Json) -> int:
@@ -728,10 +720,6 @@ class FakeDiscord:
     async def drop_gateway(self, *, resume: bool = True, code: int = 4000, abrupt: bool = False) -> None:
         """Close the bot's gateway socket; it reconnects and RESUMEs (or re-IDENTIFYs if `resume=False`)."""
         await self.gateway.drop(resume=resume, code=code, abrupt=abrupt)
-
-    async def reconnect_gateway(self) -> None:
-        """Send op 7 RECONNECT."""
-        await self.gateway.reconnect()
 
 
 @contextlib.contextmanager

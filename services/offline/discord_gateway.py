@@ -2,7 +2,7 @@
 
 HELLO → (heartbeats answered with ACKs) → IDENTIFY → READY + one GUILD_CREATE per guild → dispatches with
 sequence numbers. A dropped client RESUMEs on `resume_gateway_url` and gets the events it missed, then RESUMED.
-Frames are plain-text JSON: discord.py asks for zlib-stream but only decompresses binary frames (notes §10).
+Frames are plain-text JSON: discord.py asks for zlib-stream but only decompresses binary frames (docs/offline.md).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class Connection:
 
 
 class Gateway:
-    """The websocket handler plus the controls the tests use (`dispatch`, `drop`, `reconnect`)."""
+    """The websocket handler plus the controls the tests and the demo use (`dispatch`, `drop`)."""
 
     def __init__(
         self,
@@ -233,13 +233,6 @@ class Gateway:
                 transport.abort()
             return
         await ws.close(code=code, message=b"dropped by the test")
-
-    async def reconnect(self) -> None:
-        """Op 7: ask the client to reconnect and resume, as Discord does before a server restart."""
-        session = self.current
-        if session is None or session.ws is None:
-            raise RuntimeError("no connected gateway session")
-        await self._send(session.ws, {"op": RECONNECT, "d": None})
 
     async def close(self) -> None:
         for connection in self.connections:

@@ -3,7 +3,7 @@
 Everything here is plain data: snowflakes, the guild/channel/role/user model the fake serves over the gateway,
 and the INTERACTION_CREATE payloads a test sends (slash commands, button clicks, modal submits). The shapes
 follow discord-api-docs (`resources/*.mdx`, `interactions/receiving-and-responding.mdx`) and what discord.py 2.7
-reads (`discord/types/*.py`); see `/work/shared/reference/discord-notes.md` section 10.
+reads (`discord/types/*.py`); docs/offline.md says how faithful they are.
 """
 
 from __future__ import annotations
@@ -122,10 +122,6 @@ def time_snowflake(at: datetime, *, low_bits: int = 0) -> int:
 def snowflake_seconds(snowflake: int) -> float:
     """Unix time (seconds) at which `snowflake` was made."""
     return ((snowflake >> 22) + DISCORD_EPOCH_MS) / 1000.0
-
-
-def snowflake_time(snowflake: int) -> datetime:
-    return datetime.fromtimestamp(snowflake_seconds(snowflake), UTC)
 
 
 class Snowflakes:

@@ -11,7 +11,7 @@ from services.errors import SongbotError
 
 
 class JobStatus(StrEnum):
-    """A job's place in its lifecycle (see DESIGN.md); the last four are terminal."""
+    """A job's place in its lifecycle (see services/jobs.py); the last four are terminal."""
 
     ACCEPTED = "accepted"
     QUEUED = "queued"

@@ -1,7 +1,8 @@
 """The tables as the code reads and writes them today (the current schema).
 
 The database itself is built only by the numbered migrations in :mod:`services.store.migrations`; these
-definitions must describe the schema those migrations produce. ``tests/test_store.py`` checks that they agree.
+definitions must describe the schema those migrations produce. ``tests/services/store/test_store.py`` checks that
+they agree.
 Times are stored as naive UTC ``DATETIME``/``TIMESTAMP`` on both back ends and come back timezone-aware.
 """
 
