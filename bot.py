@@ -27,6 +27,7 @@ from discord import app_commands
 from discord.ext import commands
 from dotenv import find_dotenv, load_dotenv
 
+from cogs._checks import REQUIRED_PERMISSIONS
 from cogs._words import NO_PINGS, interrupted_by_dm, interrupted_in_channel, interrupted_in_place, mention_only
 from services import startup
 from services.clock import Clock, SystemClock
@@ -49,15 +50,6 @@ EXTENSIONS = ("cogs.song", "cogs.config", "cogs.housekeeping")
 BACKGROUND_EXTENSIONS = frozenset({"cogs.housekeeping"})
 #: An interaction token edits the member's message for 15 minutes; a restart leaves a margin before giving up on it.
 TOKEN_USABLE_FOR = timedelta(minutes=14)
-
-#: What the bot needs in a channel to post a song after the interaction token expires (and to post at all).
-REQUIRED_PERMISSIONS = discord.Permissions(
-    view_channel=True,
-    send_messages=True,
-    send_messages_in_threads=True,
-    attach_files=True,
-    embed_links=True,
-)
 
 
 @dataclass

@@ -131,6 +131,7 @@ REFUSALS: dict[str, str] = {
     "global_budget_used": "The bot has used its music budget for today across all servers; it resets {retry}.",
     "queue_full": "The song queue is full right now; try again {retry}.",
     "queue_full_server": "This server already has {limit} songs waiting in the queue; try again {retry}.",
+    "member_busy": "You already have {limit_songs} in progress; wait for one to finish (or cancel it).",
 }
 
 

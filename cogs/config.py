@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from cogs._checks import is_manager
 from cogs._limits import CONTENT, EMBED_DESCRIPTION, FIELD_VALUE, escaped, fit_embed, fit_lines, fit_text
 from cogs._words import (
     NO_PINGS,
@@ -33,7 +34,6 @@ from cogs._words import (
     setting_mentions,
     setting_value,
 )
-from cogs.song import is_manager
 from services.errors import InvalidInput
 from services.guild_settings import SETTINGS, SPECS, GuildSettings, SettingSpec
 from services.policy import GlobalUsage, MemberUsage, ServerUsage

@@ -17,12 +17,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, Unpack
 
 from services.audio import FitResult, Tags, fit, waveform_png
 from services.errors import CannotFit, ServiceError, SongbotError
-from services.funmusic.request import GenerationRequest, GenerationResult, Progress, ProgressCallback
+from services.funmusic.request import GenerationRequest, GenerationResult, Progress, ProgressCallback, ProgressStage
 from services.logs import bind_log_context, log_context
 from services.metrics import Metrics
 from services.store.records import JobStateError, JobStatus, JobUpdate
@@ -76,11 +77,11 @@ class Spend:
     downloaded: float = 0.0  # seconds of audio fetched from the url (a non-streaming answer)
 
     def record(self, progress: Progress) -> None:
-        if progress.stage in ("connecting", "generating"):
+        if progress.stage in (ProgressStage.CONNECTING, ProgressStage.GENERATING):
             self.attempt = max(self.attempt, progress.attempt)
-        if progress.stage == "generating":
+        if progress.stage == ProgressStage.GENERATING:
             self.streamed[progress.attempt] = max(self.streamed.get(progress.attempt, 0.0), progress.seconds_received)
-        elif progress.stage == "downloading":
+        elif progress.stage == ProgressStage.DOWNLOADING:
             self.downloaded = max(self.downloaded, progress.seconds_received)
 
     def billed(self, result: GenerationResult | None = None) -> int:
@@ -94,13 +95,22 @@ class Spend:
         return streamed if streamed else _whole(self.downloaded)
 
 
+class DeliveryRoute(StrEnum):
+    """Which rung of the delivery ladder posted the song (or, ``LINK``, only its download link)."""
+
+    ORIGINAL = "original"
+    CHANNEL = "channel"
+    DM = "dm"
+    LINK = "link"
+
+
 @dataclass(frozen=True)
 class Delivery:
     """Where the finished song was posted."""
 
     channel_id: int | None
     message_id: int | None
-    how: str  # "original" | "channel" | "dm"
+    how: DeliveryRoute
 
 
 @dataclass
@@ -134,7 +144,7 @@ class PreparedSong:
 class JobObserver(Protocol):
     async def queued(self, position: int) -> None: ...
 
-    async def stage(self, stage: str, progress: Progress | None) -> None: ...
+    async def stage(self, stage: JobStatus, progress: Progress | None) -> None: ...
 
     async def deliver(self, song: PreparedSong) -> Delivery: ...
 
@@ -168,20 +178,21 @@ class Place:
         self.user_id = user_id
         self.claimed = False
 
-    def queue_has_room(self) -> bool:
+    def member_songs(self) -> int:
+        """For ``Policy.admit``: the member's songs queued or generating, counting requests being admitted."""
+        return self._manager.in_progress(self.user_id)
+
+    def claim(self) -> bool:
         """For ``Policy.admit``: if the queue has room, claim a place in it."""
-        if not self.claimed and self._manager.queue_has_room():
-            self.claimed = True
-            self._manager._claims[self.user_id] += 1
+        if not self.claimed:
+            self.claimed = self._manager.claim_place(self.user_id)
         return self.claimed
 
     def release(self) -> None:
         """Give the claim back (after ``submit``, or when the request was refused). Idempotent."""
         if self.claimed:
             self.claimed = False
-            self._manager._claims[self.user_id] -= 1
-            if self._manager._claims[self.user_id] <= 0:
-                del self._manager._claims[self.user_id]
+            self._manager.release_place(self.user_id)
 
 
 @dataclass(eq=False)
@@ -191,7 +202,7 @@ class _Entry:
     go: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     position: int = 0
-    stage: str = "accepted"
+    stage: JobStatus = JobStatus.ACCEPTED
     cancelled_by: int | None = None
     cancel_requested: bool = False
     shutting_down: bool = False
@@ -249,8 +260,20 @@ class JobManager:
         return len(self.jobs_of(user_id)) + self._claims[user_id]
 
     def place(self, user_id: int) -> Place:
-        """An unclaimed place for a new request of this member; pass its ``queue_has_room`` to the policy."""
+        """An unclaimed place for a new request of this member; pass it to ``Policy.admit``."""
         return Place(self, user_id)
+
+    def claim_place(self, user_id: int) -> bool:
+        """A place in the queue for a request being admitted (see Place), if the queue has room."""
+        if not self.queue_has_room():
+            return False
+        self._claims[user_id] += 1
+        return True
+
+    def release_place(self, user_id: int) -> None:
+        self._claims[user_id] -= 1
+        if self._claims[user_id] <= 0:
+            del self._claims[user_id]
 
     # --- commands ------------------------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, observer: JobObserver) -> asyncio.Task[None]:
@@ -268,7 +291,11 @@ class JobManager:
     def cancel(self, job_id: int, by_user_id: int | None) -> bool:
         """Cancel a job that is queued or generating. False if it is past the point of no return (or unknown)."""
         entry = self._entries.get(job_id)
-        if entry is None or entry.task is None or entry.stage not in ("accepted", "queued", "generating"):
+        if (
+            entry is None
+            or entry.task is None
+            or entry.stage not in (JobStatus.ACCEPTED, JobStatus.QUEUED, JobStatus.GENERATING)
+        ):
             return False
         if entry.concluding and not entry.cancel_requested:
             # the job already failed and is telling its member (refund, words, buttons removed): let that finish
@@ -287,7 +314,7 @@ class JobManager:
         entries = list(self._entries.values())
         for entry in entries:
             entry.shutting_down = True
-            if entry.task is not None and entry.stage != "delivering" and not entry.concluding:
+            if entry.task is not None and entry.stage != JobStatus.DELIVERING and not entry.concluding:
                 entry.task.cancel()
         tasks = [e.task for e in entries if e.task is not None]
         if tasks:
@@ -314,7 +341,7 @@ class JobManager:
         for index, entry in enumerate(self._waiting, start=1):
             if entry.position != index:
                 entry.position = index
-                if entry.stage == "queued":
+                if entry.stage == JobStatus.QUEUED:
                     self._notify_position(entry)
 
     def _notify_position(self, entry: _Entry) -> None:
@@ -337,7 +364,7 @@ class JobManager:
             self._pump()
 
     # --- one job -------------------------------------------------------------------------------------------------
-    async def _set_stage(self, entry: _Entry, stage: str, **fields: Unpack[JobUpdate]) -> None:
+    async def _set_stage(self, entry: _Entry, stage: JobStatus, **fields: Unpack[JobUpdate]) -> None:
         entry.stage = stage
         await self._store.transition(entry.spec.job_id, stage, **fields)
 
@@ -383,7 +410,7 @@ class JobManager:
 
     async def _wait_for_slot(self, entry: _Entry) -> None:
         if not entry.go.is_set():
-            await self._set_stage(entry, "queued")
+            await self._set_stage(entry, JobStatus.QUEUED)
             await entry.observer.queued(entry.position or 1)
             await entry.go.wait()
 
@@ -392,12 +419,12 @@ class JobManager:
         loop = asyncio.get_running_loop()
         started = loop.time()
         self._metrics.queue_wait.observe(started - entry.submitted_at)
-        await self._set_stage(entry, "generating")
-        await entry.observer.stage("generating", None)
+        await self._set_stage(entry, JobStatus.GENERATING)
+        await entry.observer.stage(JobStatus.GENERATING, None)
 
         async def on_progress(progress: Progress) -> None:
             entry.spend.record(progress)
-            await entry.observer.stage("generating", progress)
+            await entry.observer.stage(JobStatus.GENERATING, progress)
 
         result = await self._generator.generate(spec.request, out_dir=job_dir, on_progress=on_progress)
         entry.generated_at = loop.time()
@@ -406,23 +433,23 @@ class JobManager:
         bind_log_context(request_id=result.request_id)
         await self._set_stage(
             entry,
-            "processing",
+            JobStatus.PROCESSING,
             request_id=result.request_id,
             duration_s=result.duration_s,
             url=result.url,
             url_expires_at=datetime.fromtimestamp(result.url_expires_at, UTC) if result.url_expires_at else None,
         )
-        await entry.observer.stage("processing", None)
+        await entry.observer.stage(JobStatus.PROCESSING, None)
         return await prepare_song(spec, result, job_dir)
 
     async def _deliver(self, entry: _Entry, song: PreparedSong) -> None:
-        await self._set_stage(entry, "delivering")
-        await entry.observer.stage("delivering", None)
+        await self._set_stage(entry, JobStatus.DELIVERING)
+        await entry.observer.stage(JobStatus.DELIVERING, None)
         delivery = await entry.observer.deliver(song)
         entry.delivered = True
-        entry.stage = "delivered"
+        entry.stage = JobStatus.DELIVERED
         self._metrics.delivery.observe(asyncio.get_running_loop().time() - entry.generated_at)
-        self._metrics.song_ended("delivered")
+        self._metrics.song_ended(JobStatus.DELIVERED)
         log.info(
             "job %s delivered via %s (request %s, %.1f s)",
             entry.spec.job_id,
@@ -437,7 +464,9 @@ class JobManager:
         where: JobUpdate = {"message_id": delivery.message_id}
         if delivery.channel_id is not None:
             where["channel_id"] = delivery.channel_id
-        await self._bookkeep(job_id, "it as delivered", lambda: self._store.transition(job_id, "delivered", **where))
+        await self._bookkeep(
+            job_id, "it as delivered", lambda: self._store.transition(job_id, JobStatus.DELIVERED, **where)
+        )
 
     async def _bookkeep(self, job_id: int, what: str, write: Callable[[], Awaitable[object]]) -> bool:
         """One write after a delivery. It never fails the job: each failure is logged with an error id and the
@@ -470,11 +499,11 @@ class JobManager:
         job_id = entry.spec.job_id
         if entry.shutting_down and not entry.cancel_requested:
             error = ShuttingDown("bot shutting down")
-            await self._finish(entry, "interrupted", error_code="shutdown", error_id=error.error_id)
+            await self._finish(entry, JobStatus.INTERRUPTED, error_code="shutdown", error_id=error.error_id)
             await _quietly(entry.observer.failed(error))
             log.info("job %s interrupted by shutdown [error %s]; quota refunded", job_id, error.error_id)
             return
-        await self._finish(entry, "cancelled", error_code="cancelled")
+        await self._finish(entry, JobStatus.CANCELLED, error_code="cancelled")
         await _quietly(entry.observer.cancelled(entry.cancelled_by))
         log.info("job %s cancelled by %s", job_id, entry.cancelled_by)
 
@@ -487,10 +516,10 @@ class JobManager:
                 *(entry.spec.job_id, exc.error_id, exc, request_id),
                 extra={"error_id": exc.error_id, "request_id": request_id},
             )
-        await self._finish(entry, "failed", error_code=code, error_id=exc.error_id)
+        await self._finish(entry, JobStatus.FAILED, error_code=code, error_id=exc.error_id)
         await _quietly(entry.observer.failed(exc))
 
-    async def _finish(self, entry: _Entry, status: str, **fields: Unpack[JobUpdate]) -> None:
+    async def _finish(self, entry: _Entry, status: JobStatus, **fields: Unpack[JobUpdate]) -> None:
         """Refund, then record the terminal state; shielded so a second cancel cannot leave it half-written."""
 
         self._metrics.song_ended(status)

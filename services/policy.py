@@ -13,6 +13,8 @@ needs):
 8. queue full: this server already has ``max_queued`` songs waiting (jobs admitted but not started, counted in the
    database, so every process sharing it agrees), or the process's global bound (``SONGBOT_QUEUE_SIZE``) is reached.
    Either refusal says when to try again (about one song's generation time from now).
+9. member busy: the member already has ``MAX_JOBS_PER_MEMBER`` songs queued or generating (or being admitted), so
+   one member cannot fill the shared queue; checked between the two queue bounds.
 
 Admission checks all of that and, in the same write transaction, creates the job (status ``accepted``) and
 reserves 1 song plus the estimated seconds, so concurrent requests can never overspend a quota. Reserved but
@@ -38,15 +40,19 @@ applies to the very next one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
+from typing import Protocol
 
 from services.clock import Clock, utc_day
 from services.errors import PolicyRefusal
 from services.guild_settings import DEFAULTS, GuildSettings
 from services.store import DM_GUILD, MemberTotals, Store, Tx
+
+#: Songs one member may have queued or generating at once, so one member cannot fill the shared queue.
+MAX_JOBS_PER_MEMBER = 2
 
 
 class RefusalReason(StrEnum):
@@ -59,6 +65,20 @@ class RefusalReason(StrEnum):
     SERVER_MINUTES = "server_minutes"
     GLOBAL_BUDGET = "global_budget"
     QUEUE_FULL = "queue_full"
+    MEMBER_BUSY = "member_busy"
+
+
+class QueuePlace(Protocol):
+    """A request's place in the job queue (``services.jobs.Place``), claimed inside :meth:`Policy.admit`'s write
+    transaction, which excludes other admissions."""
+
+    def member_songs(self) -> int:
+        """The member's songs queued or generating, counting their requests still being admitted."""
+        ...
+
+    def claim(self) -> bool:
+        """If the queue has room, claim a place in it; True once claimed."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -145,7 +165,7 @@ class Policy:
         prompt: str | None,
         lyrics: str | None,
         options: Mapping[str, object],
-        queue_has_room: Callable[[], bool],
+        place: QueuePlace,
         interaction_token: str | None = None,
     ) -> Admission:
         """Check the chain; on success create the job and reserve its quota atomically.
@@ -169,7 +189,9 @@ class Policy:
             retry = now + timedelta(seconds=max(60, ctx.estimated_seconds))
             if ctx.guild_id is not None and await tx.waiting_jobs(ctx.guild_id) >= settings.max_queued:
                 raise PolicyRefusal(RefusalReason.QUEUE_FULL, retry_at=_epoch(retry), limit=settings.max_queued)
-            if not queue_has_room():
+            if place.member_songs() >= MAX_JOBS_PER_MEMBER:
+                raise PolicyRefusal(RefusalReason.MEMBER_BUSY, limit=MAX_JOBS_PER_MEMBER)
+            if not place.claim():
                 raise PolicyRefusal(RefusalReason.QUEUE_FULL, retry_at=_epoch(retry))
             job_id = await tx.insert_job(
                 guild_id=ctx.guild_id,

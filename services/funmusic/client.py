@@ -58,7 +58,7 @@ from services.ffmpeg import FfmpegError
 from services.funmusic.download import Downloader
 from services.funmusic.errors_map import body_from_json, clamp_id, classify, parse_error_body, parse_retry_after
 from services.funmusic.limiter import RateLimiter
-from services.funmusic.request import GenerationRequest, GenerationResult, Mode, ProgressCallback
+from services.funmusic.request import GenerationRequest, GenerationResult, Mode, ProgressCallback, ProgressStage
 from services.funmusic.sink import HEAD_BYTES, AudioSink, Reporter, WriteBehind, final_path
 from services.funmusic.sse import EventTooLarge, SSEEvent, SSEParser
 from services.funmusic.wire import (
@@ -297,14 +297,14 @@ class FunMusicClient:
                     raise
                 delay = self.backoff_delay(attempt, exc)
                 log.warning("fun-music %s %s attempt %d failed, retrying in %.2f s: %s", tag, what, attempt, delay, exc)
-                await report("retrying")
+                await report(ProgressStage.RETRYING)
                 await self._sleep(delay)
 
     async def _generate_with_retries(
         self, req: GenerationRequest, mode: Mode, sink: AudioSink, report: Reporter, tag: str
     ) -> Final:
         async def once() -> Final:
-            await report("connecting")
+            await report(ProgressStage.CONNECTING)
             await sink.start()
             try:
                 return await self._attempt(req, mode, sink, report, tag)

@@ -15,6 +15,7 @@ import aiohttp
 from yarl import URL
 
 from services.errors import DownloadError
+from services.funmusic.request import ProgressStage
 from services.funmusic.sink import HEAD_BYTES, AudioSink, Reporter
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Downloader:
     async def fetch(self, url: str, sink: AudioSink, report: Reporter, tag: str) -> None:
         current = self.check_url(url)
         for _hop in range(MAX_REDIRECTS + 1):
-            await report("downloading")
+            await report(ProgressStage.DOWNLOADING)
             try:
                 async with self._session.get(
                     current, allow_redirects=False, timeout=self._timeout, read_bufsize=self._read_bufsize
@@ -94,7 +95,7 @@ class Downloader:
             if not sink.bytes_written:
                 await sink.begin_check(chunk[:HEAD_BYTES])
             await asyncio.to_thread(sink.write_raw, chunk)
-            await report("downloading", sink.bytes_written, sink.seconds())
+            await report(ProgressStage.DOWNLOADING, sink.bytes_written, sink.seconds())
         if resp.content_length is not None and sink.bytes_written != resp.content_length:
             raise DownloadError("the audio download ended early", retryable=True)
         log.info("fun-music %s downloaded %d bytes from %s", tag, sink.bytes_written, resp.url.host)

@@ -215,11 +215,20 @@ class GenerationResult:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+class ProgressStage(StrEnum):
+    """Where one generation is: connecting, streaming audio, downloading it from a url, or waiting to retry."""
+
+    CONNECTING = "connecting"
+    GENERATING = "generating"
+    DOWNLOADING = "downloading"
+    RETRYING = "retrying"
+
+
 @dataclass(frozen=True)
 class Progress:
     """How far a generation has come: bytes of audio and seconds of audio received so far."""
 
-    stage: str  # "connecting" | "generating" | "downloading" | "retrying"
+    stage: ProgressStage
     bytes_received: int = 0
     seconds_received: float = 0.0
     attempt: int = 1

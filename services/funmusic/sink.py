@@ -22,7 +22,7 @@ from typing import IO
 from services.audio_headers import find_data_chunk, mp3_bitrate, wav_byte_rate
 from services.errors import BrokenStream, SongbotError
 from services.ffmpeg import AudioInfo, DecodeCheck, FfmpegError, write_all
-from services.funmusic.request import Progress, ProgressCallback
+from services.funmusic.request import Progress, ProgressCallback, ProgressStage
 from services.funmusic.wire import decode_audio, decoded_size
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ class WriteBehind:
         self._request_id = request_id
         if self._batch_bytes >= self.BATCH_BYTES:
             await self._hand_over()
-        await self._report("generating", self.meter.count, self.meter.seconds())
+        await self._report(ProgressStage.GENERATING, self.meter.count, self.meter.seconds())
 
     def _whole_quanta(self, payload: bytes | memoryview) -> bytes | memoryview:
         """``payload`` behind the carried characters, less a new tail that does not fill a quantum (carried)."""
@@ -322,7 +322,7 @@ class Reporter:
         self._tag = tag
         self.attempt = 1
 
-    async def __call__(self, stage: str, bytes_received: int = 0, seconds_received: float = 0.0) -> None:
+    async def __call__(self, stage: ProgressStage, bytes_received: int = 0, seconds_received: float = 0.0) -> None:
         if self._callback is None:
             return
         try:

@@ -170,7 +170,9 @@ async def test_restart_marks_interrupted_jobs_refunds_and_tells_the_channel(tmp_
             estimated_seconds=10,
         )
         policy = h.bot.services.policy
-        admission = await policy.admit(ctx, prompt=PROMPT, lyrics=None, options={}, queue_has_room=lambda: True)
+        admission = await policy.admit(
+            ctx, prompt=PROMPT, lyrics=None, options={}, place=h.bot.services.jobs.place(fake.user.id)
+        )
         await h.store.transition(admission.job_id, "generating")
         assert (await policy.member_usage(fake.guild.id, fake.user.id)).songs_used == 1
         await h.bot.close()

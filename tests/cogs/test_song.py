@@ -149,6 +149,15 @@ async def test_refuses_when_it_could_not_post_later(tmp_path: Path) -> None:
         assert "Attach Files" in await _refusal(h, iid)
 
 
+async def test_only_the_send_permission_of_this_kind_of_channel_is_needed(tmp_path: Path) -> None:
+    """``can_post_later`` asks for ``REQUIRED_PERMISSIONS`` less the send permission of the other kind of channel."""
+    async with running_bot(tmp_path) as h:
+        iid = await h.song({"prompt": PROMPT}, app_permissions=BOT_PERMISSIONS & ~Perm.SEND_MESSAGES)
+        assert "Send Messages" in await _refusal(h, iid)
+        iid = await h.song({"prompt": PROMPT}, app_permissions=BOT_PERMISSIONS & ~Perm.SEND_MESSAGES_IN_THREADS)
+        assert (await h.wait_final(iid)).attachments
+
+
 async def test_cancel_by_requester_and_not_by_others(tmp_path: Path) -> None:
     slow = Scenario(duration_s=3.0, chunk_bytes=2048, chunk_delay_s=0.2)
     async with running_bot(tmp_path, scenario=slow) as h:

@@ -10,7 +10,6 @@ from pathlib import Path
 import discord
 import pytest
 
-from cogs._delivery import LYRICS_IN_EMBED, SongContext, SongMessage
 from cogs._limits import (
     BUTTON_LABEL,
     CONTENT,
@@ -36,6 +35,7 @@ from cogs._words import (
 )
 from cogs.config import describe_change, history_embed, settings_embed, usage_embed
 from cogs.song import CancelButton, RegenerateButton
+from cogs.song._delivery import LYRICS_IN_EMBED, SongContext, SongMessage
 from services.audio import FitResult, Tags
 from services.errors import InvalidInput, PolicyRefusal, SongbotError, SongTooLong, ThrottledError
 from services.funmusic.request import GenerationRequest, GenerationResult

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import re
@@ -29,8 +30,7 @@ import pytest
 from aiohttp import web
 from blockbuster import BlockingError
 
-from cogs._delivery import DiscordJobObserver
-from cogs.song import MAX_JOBS_PER_MEMBER, decode_lyrics_file
+from cogs.song._delivery import DiscordJobObserver
 from services.errors import DownloadError, InvalidInput
 from services.funmusic.client import FunMusicClient
 from services.funmusic.request import GenerationRequest
@@ -39,7 +39,9 @@ from services.logs import REDACTED
 from services.offline.discord_rest import Recorded
 from services.offline.payloads import MEMBER_PERMISSIONS, MODERATOR_PERMISSIONS, Perm
 from services.offline.simulator import FunMusicSimulator, Scenario
+from services.policy import MAX_JOBS_PER_MEMBER
 from services.settings import Secret
+from services.song_request import decode_lyrics_file
 from tests.support.e2e import TOKEN, Harness, LogCapture, bot_logging, running_bot
 from tests.support.sim_fixtures import SIM_KEY, make_client
 from tests.support.watchdog import Findings, guarding, watching_loop
@@ -548,13 +550,15 @@ def _spin() -> None:
 
 
 def _observer_stage_doing(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
-    original = DiscordJobObserver.stage
+    # the class the running bot uses: unloading an extension (a bot closing) drops its package's modules
+    observer: type[DiscordJobObserver] = importlib.import_module("cogs.song._delivery").DiscordJobObserver
+    original = observer.stage
 
     async def stage(self: DiscordJobObserver, stage: str, progress: Any) -> None:
         action()
         await original(self, stage, progress)
 
-    monkeypatch.setattr(DiscordJobObserver, "stage", stage)
+    monkeypatch.setattr(observer, "stage", stage)
 
 
 async def test_guards_catch_what_the_bot_swallows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

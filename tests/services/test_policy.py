@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from cogs._words import refusal_text
 from services.errors import PolicyRefusal
 from services.guild_settings import DEFAULTS
-from services.policy import Admission, Policy, RefusalReason, RequestContext
+from services.policy import MAX_JOBS_PER_MEMBER, Admission, Policy, QueuePlace, RefusalReason, RequestContext
 from services.store import DM_GUILD, JobStatus, Store, Totals
 from tests.support.clock import FakeClock
 from tests.support.store_fixtures import DbTarget
@@ -36,19 +36,29 @@ def ctx(
     return RequestContext(guild, channel, user, roles, manager, seconds)
 
 
-def room() -> bool:
-    return True
+@dataclass
+class Place:
+    """The job queue's side of an admission (``services.jobs.Place``): the member's songs, and room or not."""
+
+    room: bool = True
+    songs: int = 0
+
+    def member_songs(self) -> int:
+        return self.songs
+
+    def claim(self) -> bool:
+        return self.room
 
 
-def no_room() -> bool:
-    return False
+room = Place()
+no_room = Place(room=False)
 
 
-async def admit(policy: Policy, request: RequestContext, queue: Callable[[], bool] = room) -> Admission:
-    return await policy.admit(request, prompt="a song", lyrics=None, options={"format": "mp3"}, queue_has_room=queue)
+async def admit(policy: Policy, request: RequestContext, queue: QueuePlace = room) -> Admission:
+    return await policy.admit(request, prompt="a song", lyrics=None, options={"format": "mp3"}, place=queue)
 
 
-async def refusal(policy: Policy, request: RequestContext, queue: Callable[[], bool] = room) -> PolicyRefusal:
+async def refusal(policy: Policy, request: RequestContext, queue: QueuePlace = room) -> PolicyRefusal:
     with pytest.raises(PolicyRefusal) as refused:
         await admit(policy, request, queue)
     return refused.value
@@ -214,6 +224,19 @@ async def test_queue_full_is_last_and_writes_nothing(store: Store, policy: Polic
     )
     assert await usage_of(store) == Totals(0, 0)
     assert await store.history(MEMBER) == []
+
+
+async def test_a_member_with_their_share_in_progress_is_refused_before_the_queue(store: Store, policy: Policy) -> None:
+    """At most ``MAX_JOBS_PER_MEMBER`` songs queued or generating per member: refused by the policy (even when the
+    queue is full too, so the member learns what they can change), writing nothing."""
+    busy = Place(room=False, songs=MAX_JOBS_PER_MEMBER)
+    refused = await refusal(policy, ctx(), busy)
+    assert refused.reason == RefusalReason.MEMBER_BUSY and refused.retry_at is None
+    assert refused.limit == MAX_JOBS_PER_MEMBER
+    assert refusal_text(refused).startswith(f"You already have {MAX_JOBS_PER_MEMBER} songs in progress; wait for")
+    assert await usage_of(store) == Totals(0, 0)
+    assert await store.history(MEMBER) == []
+    await admit(policy, ctx(), Place(songs=MAX_JOBS_PER_MEMBER - 1))
 
 
 async def test_refusals_write_nothing_and_do_not_start_a_cooldown(store: Store, policy: Policy) -> None:

@@ -15,7 +15,6 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import aiohttp
 import discord
@@ -34,13 +33,12 @@ from cogs._words import (
     plural,
     relative,
 )
+from cogs.song._views import CancelButton, RegenerateButton
 from services.audio import slugify
 from services.errors import SongbotError
 from services.funmusic.request import GenerationRequest, Progress
-from services.jobs import Delivery, DeliveryFailed, PreparedSong
-
-if TYPE_CHECKING:
-    from cogs.song import CancelButton, RegenerateButton
+from services.jobs import Delivery, DeliveryFailed, DeliveryRoute, PreparedSong
+from services.store import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -236,38 +234,29 @@ class SongMessage:
 class DiscordJobObserver:
     """The cog's side of one job: shows its progress and delivers it (see the module docstring)."""
 
-    def __init__(
-        self,
-        interaction: discord.Interaction,
-        ctx: SongContext,
-        *,
-        cancel_button: type[CancelButton],
-        regenerate_button: type[RegenerateButton],
-    ) -> None:
+    def __init__(self, interaction: discord.Interaction, ctx: SongContext) -> None:
         self.interaction = interaction
         self.ctx = ctx
         self.editor = ProgressEditor(interaction)
-        self._cancel_button = cancel_button
-        self._regenerate_button = regenerate_button
         self._client = interaction.client
 
     # --- progress ------------------------------------------------------------------------------------------------
     def _cancel_view(self) -> discord.ui.View:
         view = discord.ui.View(timeout=None)
-        view.add_item(self._cancel_button(self.ctx.job_id))
+        view.add_item(CancelButton(self.ctx.job_id))
         return view
 
     def _result_view(self) -> discord.ui.View:
         view = discord.ui.View(timeout=None)
-        view.add_item(self._regenerate_button(self.ctx.job_id))
+        view.add_item(RegenerateButton(self.ctx.job_id))
         return view
 
     async def queued(self, position: int) -> None:
         ahead = "you're next" if position <= 1 else f"{plural(position - 1, 'song')} ahead of yours"
         self.editor.show(f"⏳ Queued — position {position} ({ahead}).", self._cancel_view())
 
-    async def stage(self, stage: str, progress: Progress | None) -> None:
-        if stage == "generating":
+    async def stage(self, stage: JobStatus, progress: Progress | None) -> None:
+        if stage == JobStatus.GENERATING:
             if progress is None or progress.bytes_received == 0:
                 text = "🎼 Generating your song…"
             else:
@@ -275,9 +264,9 @@ class DiscordJobObserver:
             if progress is not None and progress.attempt > 1:
                 text += f" (attempt {progress.attempt})"
             self.editor.show(text, self._cancel_view())
-        elif stage == "processing":
+        elif stage == JobStatus.PROCESSING:
             self.editor.show(f"🎚️ Preparing your {self.ctx.want_format.upper()} file…", None)
-        elif stage == "delivering":
+        elif stage == JobStatus.DELIVERING:
             self.editor.show("📤 Uploading…", None)
 
     # --- outcomes ------------------------------------------------------------------------------------------------
@@ -302,7 +291,9 @@ class DiscordJobObserver:
                     view=self._result_view(),
                     allowed_mentions=NO_PINGS,
                 )
-                return Delivery(sent.channel.id if sent.channel else self.ctx.channel_id, sent.id, "original")
+                return Delivery(
+                    sent.channel.id if sent.channel else self.ctx.channel_id, sent.id, DeliveryRoute.ORIGINAL
+                )
             except discord.HTTPException as exc:
                 if (exc.status == 413 or exc.code == 40005) and await self._shrink(message):
                     continue
@@ -338,8 +329,7 @@ class DiscordJobObserver:
 
     async def _fallback(self, message: SongMessage) -> Delivery:
         text = f"<@{self.ctx.user_id}> your song is ready."
-        targets: list[str] = ["dm"] if self.ctx.private else ["channel", "dm"]
-        for target in targets:
+        for target in self._own_routes():
             try:
                 messageable = await self._messageable(target)
                 while True:
@@ -376,33 +366,39 @@ class DiscordJobObserver:
                 sent = await self.interaction.edit_original_response(
                     content=text, embed=None, attachments=[], view=None, allowed_mentions=NO_PINGS
                 )
-                return Delivery(sent.channel.id if sent.channel else self.ctx.channel_id, sent.id, "link")
+                return Delivery(sent.channel.id if sent.channel else self.ctx.channel_id, sent.id, DeliveryRoute.LINK)
             except ROUTE_ERRORS as exc:
                 log.warning("job %s: could not edit in the link: %s: %s", self.ctx.job_id, type(exc).__name__, exc)
             try:
                 followup = await self.interaction.followup.send(
                     text, ephemeral=self.ctx.private, allowed_mentions=NO_PINGS, wait=True
                 )
-                return Delivery(followup.channel.id if followup.channel else self.ctx.channel_id, followup.id, "link")
+                return Delivery(
+                    followup.channel.id if followup.channel else self.ctx.channel_id, followup.id, DeliveryRoute.LINK
+                )
             except ROUTE_ERRORS as exc:
                 log.warning(
                     "job %s: could not follow up with the link: %s: %s", self.ctx.job_id, type(exc).__name__, exc
                 )
-        for target in ["dm"] if self.ctx.private else ["channel", "dm"]:
+        for target in self._own_routes():
             try:
                 messageable = await self._messageable(target)
                 posted = await messageable.send(
                     f"<@{self.ctx.user_id}> {text}", allowed_mentions=mention_only(self.ctx.user_id)
                 )
-                return Delivery(posted.channel.id, posted.id, "link")
+                return Delivery(posted.channel.id, posted.id, DeliveryRoute.LINK)
             except ROUTE_ERRORS as exc:
                 log.warning(
                     "job %s: could not post the link by %s: %s: %s", self.ctx.job_id, target, type(exc).__name__, exc
                 )
         return None
 
-    async def _messageable(self, target: str) -> discord.abc.Messageable:
-        if target == "channel":
+    def _own_routes(self) -> list[DeliveryRoute]:
+        """The routes that use the bot's own token, in order: the channel (never for a private song), then DMs."""
+        return [DeliveryRoute.DM] if self.ctx.private else [DeliveryRoute.CHANNEL, DeliveryRoute.DM]
+
+    async def _messageable(self, target: DeliveryRoute) -> discord.abc.Messageable:
+        if target == DeliveryRoute.CHANNEL:
             return self._client.get_partial_messageable(self.ctx.channel_id, guild_id=self.ctx.guild_id)
         # the DM channel from the member's id alone: no user lookup (the bot has no members intent or cache)
         return await self._client.create_dm(discord.Object(self.ctx.user_id))
@@ -432,7 +428,7 @@ class DiscordJobObserver:
                     "job %s: could not edit the original response: %s: %s", self.ctx.job_id, type(exc).__name__, exc
                 )
         mention = f"<@{self.ctx.user_id}> "
-        for target in ["dm"] if self.ctx.private else ["channel", "dm"]:
+        for target in self._own_routes():
             try:
                 messageable = await self._messageable(target)
                 await messageable.send(mention + text, allowed_mentions=mention_only(self.ctx.user_id))
