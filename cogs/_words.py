@@ -374,3 +374,61 @@ def interrupted_by_dm() -> str:
         "The bot restarted while your private song was being made, so it was stopped and your quota refunded. "
         "Please run `/song` again."
     )
+
+
+# --- /song: its checks, its buttons, its progress and its last word ---------------------------------------------
+
+NOT_IN_DMS = "Use /song in a server, not in DMs."
+CANNOT_POST_HERE = (
+    "I can't post songs in this channel: give me View Channel, Send Messages, Embed Links and Attach "
+    "Files here, or use /song in another channel (or with `private`)."
+)
+BAD_VOICE = "Voice must be female or male."
+BAD_FORMAT = "Format must be mp3, wav or ogg."
+CANCEL_LABEL = "Cancel"
+FORM_TITLE = "Make a song"
+FORM_PROMPT_LABEL = "Style / prompt"
+FORM_PROMPT_HINT = "e.g. upbeat summer folk, acoustic guitar"
+FORM_LYRICS_LABEL = "Lyrics"
+FORM_LYRICS_HINT = "Optional. Use [verse], [chorus] lines."
+REGENERATE_LABEL = "Regenerate"
+UPLOADING = "📤 Uploading…"
+
+
+def prompt_too_long(limit: int, length: int) -> str:
+    return (
+        f"The prompt must be at most {limit:,} characters; yours has {length:,}. "
+        "For long lyrics run /song with no options to get a form, or attach a lyrics file."
+    )
+
+
+def queued_line(position: int) -> str:
+    ahead = "you're next" if position <= 1 else f"{plural(position - 1, 'song')} ahead of yours"
+    return f"⏳ Queued — position {position} ({ahead})."
+
+
+def generating_line(seconds_received: float | None, attempt: int) -> str:
+    """``seconds_received`` None: nothing has arrived yet."""
+    text = (
+        "🎼 Generating your song…"
+        if seconds_received is None
+        else (f"🎼 Generating… {seconds_received:.0f} s of audio received.")
+    )
+    return text + (f" (attempt {attempt})" if attempt > 1 else "")
+
+
+def preparing_line(audio_format: str) -> str:
+    return f"🎚️ Preparing your {audio_format.upper()} file…"
+
+
+def failed_line(error: SongbotError) -> str:
+    return f"❌ {failure_text(error)}"
+
+
+def cancelled_line(by_user_id: int | None, owner_id: int) -> str:
+    who = "you" if by_user_id in (None, owner_id) else f"<@{by_user_id}>"
+    return f"🛑 Cancelled by {who}. Your quota was refunded."
+
+
+def requested_by(user_name: str, job_id: int) -> str:
+    return clip(f"Requested by {user_name} · job {job_id}", 200)

@@ -18,10 +18,13 @@ from discord.ext import commands
 from cogs._checks import can_post_later, is_manager, member_role_ids
 from cogs._words import (
     CANCEL_TOO_LATE,
+    CANNOT_POST_HERE,
     FORM_EMPTY,
     FORM_OUTDATED,
     NO_PINGS,
+    NOT_IN_DMS,
     REGENERATE_DELETED,
+    prompt_too_long,
     refusal_text,
     song_ended_text,
 )
@@ -105,14 +108,10 @@ class SongCog(commands.Cog):
             private=private,
         )
         if interaction.guild_id is None:
-            await self.refuse(interaction, "Use /song in a server, not in DMs.")
+            await self.refuse(interaction, NOT_IN_DMS)
             return
         if prompt is not None and len(prompt) > PROMPT_OPTION_MAX:
-            await self.refuse(
-                interaction,
-                f"The prompt must be at most {PROMPT_OPTION_MAX:,} characters; yours has {len(prompt):,}. "
-                "For long lyrics run /song with no options to get a form, or attach a lyrics file.",
-            )
+            await self.refuse(interaction, prompt_too_long(PROMPT_OPTION_MAX, len(prompt)))
             return
         if not (prompt and prompt.strip()) and lyrics_file is None:
             try:
@@ -187,16 +186,13 @@ class SongCog(commands.Cog):
         """The request with the server's defaults and rules applied, and where it can be posted. Raises
         InvalidInput."""
         if interaction.guild_id is None:
-            raise InvalidInput("Use /song in a server, not in DMs.")
+            raise InvalidInput(NOT_IN_DMS)
         guild_settings = await self.services.store.get_guild_settings(interaction.guild_id)
         request, want_format, private = resolve(options, guild_settings, self.services.settings.fun_music_model)
         # from here on the cleaned text (no control or zero-width characters): titles, file names, the job row
         options = replace(options, prompt=request.prompt, lyrics=request.lyrics)
         if not private and not can_post_later(interaction):
-            raise InvalidInput(
-                "I can't post songs in this channel: give me View Channel, Send Messages, Embed Links and Attach "
-                "Files here, or use /song in another channel (or with `private`).",
-            )
+            raise InvalidInput(CANNOT_POST_HERE)
         return _Checked(interaction.guild_id, options, request, want_format, private, guild_settings)
 
     async def _admit(self, interaction: discord.Interaction, checked: _Checked, place: Place) -> int:

@@ -22,16 +22,21 @@ import discord
 from cogs._limits import EMBED_TITLE, FIELD_VALUE, fit_embed, fit_lines
 from cogs._words import (
     NO_PINGS,
+    UPLOADING,
+    cancelled_line,
     clip,
     download_in_title,
     download_link,
-    failure_text,
+    failed_line,
     format_duration,
+    generating_line,
     link_text,
     mention_only,
     more_lyrics,
-    plural,
+    preparing_line,
+    queued_line,
     relative,
+    requested_by,
 )
 from cogs.song._views import CancelButton, RegenerateButton
 from services.audio import slugify
@@ -216,7 +221,7 @@ class SongMessage:
         embed.add_field(name="Request id", value=f"`{result.request_id or 'n/a'}`", inline=False)
         if any(name == "waveform.png" for name, _ in self._extras()):
             embed.set_image(url="attachment://waveform.png")
-        embed.set_footer(text=clip(f"Requested by {ctx.user_name} · job {ctx.job_id}", 200))
+        embed.set_footer(text=requested_by(ctx.user_name, ctx.job_id))
         return fit_embed(embed)
 
     def _format_text(self) -> str:
@@ -252,22 +257,17 @@ class DiscordJobObserver:
         return view
 
     async def queued(self, position: int) -> None:
-        ahead = "you're next" if position <= 1 else f"{plural(position - 1, 'song')} ahead of yours"
-        self.editor.show(f"⏳ Queued — position {position} ({ahead}).", self._cancel_view())
+        self.editor.show(queued_line(position), self._cancel_view())
 
     async def stage(self, stage: JobStatus, progress: Progress | None) -> None:
         if stage == JobStatus.GENERATING:
-            if progress is None or progress.bytes_received == 0:
-                text = "🎼 Generating your song…"
-            else:
-                text = f"🎼 Generating… {progress.seconds_received:.0f} s of audio received."
-            if progress is not None and progress.attempt > 1:
-                text += f" (attempt {progress.attempt})"
+            received = None if progress is None or progress.bytes_received == 0 else progress.seconds_received
+            text = generating_line(received, progress.attempt if progress is not None else 1)
             self.editor.show(text, self._cancel_view())
         elif stage == JobStatus.PROCESSING:
-            self.editor.show(f"🎚️ Preparing your {self.ctx.want_format.upper()} file…", None)
+            self.editor.show(preparing_line(self.ctx.want_format), None)
         elif stage == JobStatus.DELIVERING:
-            self.editor.show("📤 Uploading…", None)
+            self.editor.show(UPLOADING, None)
 
     # --- outcomes ------------------------------------------------------------------------------------------------
     async def deliver(self, song: PreparedSong) -> Delivery:
@@ -405,12 +405,11 @@ class DiscordJobObserver:
 
     async def failed(self, error: SongbotError) -> None:
         await self.editor.stop()
-        await self._tell(f"❌ {failure_text(error)}")
+        await self._tell(failed_line(error))
 
     async def cancelled(self, by_user_id: int | None) -> None:
         await self.editor.stop()
-        who = "you" if by_user_id in (None, self.ctx.user_id) else f"<@{by_user_id}>"
-        await self._tell(f"🛑 Cancelled by {who}. Your quota was refunded.")
+        await self._tell(cancelled_line(by_user_id, self.ctx.user_id))
 
     async def _tell(self, text: str) -> None:
         """A final word: on the original message while the token lives, else in the channel (or a DM)."""

@@ -13,8 +13,17 @@ import discord
 
 from cogs._checks import is_manager
 from cogs._words import (
+    BAD_FORMAT,
+    BAD_VOICE,
+    CANCEL_LABEL,
     CANCEL_NOT_YOURS,
+    FORM_LYRICS_HINT,
+    FORM_LYRICS_LABEL,
+    FORM_PROMPT_HINT,
+    FORM_PROMPT_LABEL,
+    FORM_TITLE,
     NO_PINGS,
+    REGENERATE_LABEL,
     REGENERATE_PRIVATE,
     SONG_NOT_HERE,
     failure_text,
@@ -115,7 +124,7 @@ class CancelButton(
 
     def __init__(self, job_id: int) -> None:
         super().__init__(
-            discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger, custom_id=f"song:cancel:{job_id}")
+            discord.ui.Button(label=CANCEL_LABEL, style=discord.ButtonStyle.danger, custom_id=f"song:cancel:{job_id}")
         )
         self.job_id = job_id
 
@@ -137,7 +146,10 @@ class RegenerateButton(
     def __init__(self, job_id: int) -> None:
         super().__init__(
             discord.ui.Button(
-                label="Regenerate", emoji="🔁", style=discord.ButtonStyle.secondary, custom_id=f"song:regen:{job_id}"
+                label=REGENERATE_LABEL,
+                emoji="🔁",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"song:regen:{job_id}",
             )
         )
         self.job_id = job_id
@@ -166,9 +178,9 @@ def form_custom_id(options: SongOptions) -> str:
     answered after a restart, or however late). At most 35 characters of Discord's 100. Raises InvalidInput for a
     voice or format the command does not offer (a forged option), before the form is shown."""
     if options.voice is not None and options.voice not in _VOICES:
-        raise InvalidInput("Voice must be female or male.")
+        raise InvalidInput(BAD_VOICE)
     if options.format is not None and options.format not in FORMAT_CHOICES:
-        raise InvalidInput("Format must be mp3, wav or ogg.")
+        raise InvalidInput(BAD_FORMAT)
     voice = _VOICES[options.voice] if options.voice else "-"
     watermark = "-" if options.watermark is None else str(int(options.watermark))
     return (
@@ -208,7 +220,7 @@ def submitted_values(components: list[Any]) -> dict[str, str]:
     return values
 
 
-class SongModal(discord.ui.Modal, title="Make a song"):
+class SongModal(discord.ui.Modal, title=FORM_TITLE):
     """The /song form, for lyrics with [verse]/[chorus] lines, which a slash option cannot hold.
 
     Only its shape: its custom id carries the options chosen on /song, and it is stopped before it is sent, so
@@ -224,16 +236,10 @@ class SongModal(discord.ui.Modal, title="Make a song"):
             style=discord.TextStyle.paragraph, required=False, max_length=4000, custom_id=LYRICS_INPUT
         )
         self.add_item(
-            discord.ui.Label(
-                text="Style / prompt",
-                description="e.g. upbeat summer folk, acoustic guitar",
-                component=self.prompt_input,
-            )
+            discord.ui.Label(text=FORM_PROMPT_LABEL, description=FORM_PROMPT_HINT, component=self.prompt_input)
         )
         self.add_item(
-            discord.ui.Label(
-                text="Lyrics", description="Optional. Use [verse], [chorus] lines.", component=self.lyrics_input
-            )
+            discord.ui.Label(text=FORM_LYRICS_LABEL, description=FORM_LYRICS_HINT, component=self.lyrics_input)
         )
         self.stop()  # a finished modal is not stored by send_modal: the submit goes to the listener only
 
