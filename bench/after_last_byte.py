@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.sampling import RssSampler, cpu_seconds, machine
+from bench.sampling import RssSampler, cpu_seconds, machine, start_simulator
 from services.audio import Tags
 from services.errors import SongbotError
 from services.ffmpeg import ffmpeg_exe
@@ -108,20 +107,6 @@ class JobRun:
     rss_growth: int
 
 
-def start_simulator(duration_s: float) -> tuple[subprocess.Popen[bytes], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.offline.simulator", "--duration", str(duration_s), "--api-key", API_KEY],
-        cwd=Path(__file__).resolve().parent.parent,
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    base_url = proc.stdout.readline().decode().strip()
-    if not base_url.startswith("http://"):
-        proc.kill()
-        raise SystemExit("the simulator did not start")
-    return proc, base_url
-
-
 async def one_job(client: TimedClient, work_dir: Path, job_id: int, max_bytes: int) -> JobRun:
     manager = JobManager(
         generator=client, store=NoStore(), ledger=NoStore(), work_dir=work_dir, max_concurrent=1, queue_size=1
@@ -165,7 +150,7 @@ async def cli_encode(src: Path, dst: Path, kbps: int) -> tuple[float, float]:
 async def main(duration_s: float, runs: int, max_bytes: int) -> None:
     print(f"machine: {machine()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     await asyncio.to_thread(ffmpeg_exe)
-    proc, base_url = start_simulator(duration_s)
+    proc, base_url = start_simulator(duration_s, API_KEY)
     try:
         with tempfile.TemporaryDirectory(prefix="songbot-bench-") as tmp:
             root = Path(tmp)

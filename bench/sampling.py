@@ -7,6 +7,8 @@ import contextlib
 import os
 import platform
 import resource
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -73,3 +75,27 @@ class RssSampler:
     @property
     def delta(self) -> int:
         return self.peak - self.baseline
+
+
+def start_simulator(duration_s: float, api_key: str, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The Fun-Music simulator in its own process (so its CPU is not the contestant's); returns it and its url."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.offline.simulator",
+            "--duration",
+            str(duration_s),
+            "--api-key",
+            api_key,
+            *extra,
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    base_url = proc.stdout.readline().decode().strip()
+    if not base_url.startswith("http://"):
+        proc.kill()
+        raise SystemExit("the simulator did not start")
+    return proc, base_url

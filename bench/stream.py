@@ -28,7 +28,6 @@ import cProfile
 import os
 import pstats
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.sampling import RssSampler, cpu_seconds, machine
+from bench.sampling import RssSampler, cpu_seconds, machine, start_simulator
 from services.ffmpeg import probe_audio
 from services.funmusic import b64
 from services.funmusic.client import FunMusicClient
@@ -59,29 +58,6 @@ class Run:
     audio_bytes: int
     rss_peak_delta: int
     cpu_seconds: float
-
-
-def start_simulator(duration_s: float, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.offline.simulator",
-            "--duration",
-            str(duration_s),
-            "--api-key",
-            API_KEY,
-            *extra,
-        ],
-        cwd=Path(__file__).resolve().parent.parent,
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    base_url = proc.stdout.readline().decode().strip()
-    if not base_url.startswith("http://"):
-        proc.kill()
-        raise SystemExit("the simulator did not start")
-    return proc, base_url
 
 
 async def songbot(base_url: str, out_dir: Path) -> int:
@@ -167,7 +143,7 @@ async def sdk_default_session_on_a_huge_line(duration_s: float, out_dir: Path) -
     """What the SDK does, out of the box, with one data line over 600 KB (``docs/dashscope.md`` §6.1)."""
     import dashscope
 
-    proc, base_url = start_simulator(duration_s, "--huge-line")
+    proc, base_url = start_simulator(duration_s, API_KEY, "--huge-line")
     try:
         await sdk(base_url, out_dir, read_bufsize=None)
         outcome = "ok"
@@ -178,7 +154,7 @@ async def sdk_default_session_on_a_huge_line(duration_s: float, out_dir: Path) -
         proc.terminate()
         proc.wait()
     try:
-        proc2, base_url2 = start_simulator(duration_s, "--huge-line")
+        proc2, base_url2 = start_simulator(duration_s, API_KEY, "--huge-line")
         try:
             await songbot(base_url2, out_dir)
             ours = "ok"
@@ -212,7 +188,7 @@ async def main(duration_s: float, runs: int, *, fallback: bool = False, profile:
         b64.decode = b64.decode_fallback
     print(f"songbot's base64 decoder: {'pybase64' if b64.decode is b64.decode_fast else 'binascii (fallback)'}")
     print(f"before: {load()}")
-    proc, base_url = start_simulator(duration_s)
+    proc, base_url = start_simulator(duration_s, API_KEY)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             out_dir = Path(tmp)

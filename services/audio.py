@@ -47,9 +47,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, TypeVar
 
+from services.audio_headers import find_data_chunk, id3v2_size, is_wav, wav_format
 from services.errors import CannotFit
 from services.ffmpeg import PROBE_BYTES, FfmpegError, ffmpeg_exe, run_ffmpeg
-from services.wav import find_data_chunk, fix_sizes
+from services.wav import fix_sizes
 
 with warnings.catch_warnings():
     # pydub looks for ffmpeg on PATH at import and warns when it is not there; we set the converter ourselves.
@@ -92,7 +93,6 @@ _WAV_DECODERS = {
     (3, 32): "pcm_f32le",
     (3, 64): "pcm_f64le",
 }
-_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 _COPY_CHUNK = 1 << 20
 
 
@@ -492,19 +492,10 @@ def _wav_sizes_are_placeholders(buf: bytes | bytearray) -> bool:
 def _wav_fmt(buf: bytes | bytearray) -> tuple[int, int, int, int] | None:
     """A WAV's (format tag, channels, sample rate, bits per sample), the extensible tag resolved; None if its
     header has no fmt chunk. Raises ValueError if it is not a RIFF/WAVE file."""
-    if buf[:4] != b"RIFF" or buf[8:12] != b"WAVE":
+    if not is_wav(buf):
         raise ValueError("not a RIFF/WAVE file")
-    pos = 12
-    while pos + 8 <= len(buf):
-        chunk_id = bytes(buf[pos : pos + 4])
-        (size,) = struct.unpack_from("<I", buf, pos + 4)
-        if chunk_id == b"fmt " and pos + 8 + 16 <= len(buf):
-            tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", buf, pos + 8)
-            if tag == _WAVE_FORMAT_EXTENSIBLE and size >= 40 and pos + 8 + 26 <= len(buf):
-                (tag,) = struct.unpack_from("<H", buf, pos + 8 + 24)
-            return tag, channels, rate, bits
-        pos += 8 + size + (size & 1)
-    return None
+    fmt = wav_format(buf, resolve_extensible=True)
+    return None if fmt is None else (fmt.tag, fmt.channels, fmt.rate, fmt.bits)
 
 
 def _wav_decoder(buf: bytes | bytearray) -> tuple[str, bool]:
@@ -616,10 +607,10 @@ def _mp3_audio_span(path: Path) -> tuple[int, int]:
         while True:
             fh.seek(start)
             head = fh.read(10)
-            if len(head) < 10 or head[:3] != b"ID3" or any(b & 0x80 for b in head[6:10]):
+            tag_size = id3v2_size(head)
+            if tag_size is None:
                 break
-            length = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
-            start += 10 + length + (10 if head[5] & 0x10 else 0)
+            start += tag_size
         end = size
         if size - start >= 128:
             fh.seek(size - 128)

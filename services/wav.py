@@ -10,21 +10,9 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from services.audio_headers import find_data_chunk
+
 HEADER_SCAN_BYTES = 64 * 1024
-
-
-def find_data_chunk(header: bytes | bytearray) -> int | None:
-    """Offset of the ``data`` chunk's id in a RIFF/WAVE header, or None if this is not a WAV header."""
-    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
-        return None
-    pos = 12
-    while pos + 8 <= len(header):
-        chunk_id = bytes(header[pos : pos + 4])
-        (size,) = struct.unpack_from("<I", header, pos + 4)
-        if chunk_id == b"data":
-            return pos
-        pos += 8 + size + (size & 1)
-    return None
 
 
 def fix_sizes(buf: bytearray, total_size: int) -> bool:
@@ -53,3 +41,6 @@ def repair_wav_file(path: Path) -> bool:
             fh.seek(0)
             fh.write(head)
     return changed
+
+
+__all__ = ["HEADER_SCAN_BYTES", "fix_sizes", "repair_wav_file"]

@@ -28,11 +28,11 @@ from typing import Any
 
 from aiohttp import web
 
+from services.audio_headers import find_data_chunk
 from services.ffmpeg import ffmpeg_exe, render_test_audio
 from services.funmusic.request import FORMATS, GENDERS, MODEL_PREVIEW, MODELS
 from services.settings import Secret, Settings
 from services.signals import stop_on_signals
-from services.wav import find_data_chunk
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,6 @@ the offline Discord, the simulator and a real SQLite file."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from services.offline.simulator import Scenario
@@ -29,15 +28,6 @@ async def job_of(h: Harness, iid: int) -> int:
     return int(cancel_ids()[0].rsplit(":", 1)[1])
 
 
-async def logged(h: Harness, text: str, timeout: float = 20.0) -> str:
-    async with asyncio.timeout(timeout):
-        while True:
-            found = [line for line in h.logs.lines if text in line]
-            if found:
-                return found[0]
-            await asyncio.sleep(0.05)
-
-
 async def test_cancel_in_the_instant_the_stream_fails_still_ends_with_the_failure_told(tmp_path: Path) -> None:
     """The stream fails and, while the job is on its failure path (the database is busy, so its refund waits),
     the member presses Cancel. The failure path finishes whatever the Cancel does: the member reads the failure,
@@ -49,7 +39,7 @@ async def test_cancel_in_the_instant_the_stream_fails_still_ends_with_the_failur
         iid = await h.song({"prompt": PROMPT})
         job_id = await job_of(h, iid)
         async with h.store.write():  # another writer holds the database: the failure path waits on its refund
-            await logged(h, f"job {job_id} failed [error")
+            await h.logged(f"job {job_id} failed [error")
             click = h.fake.click(f"song:cancel:{job_id}", h.fake.original(iid))
             await h.fake.send_interaction(click)
             await h.fake.wait_for_callback(int(click["id"]))

@@ -35,14 +35,14 @@ from services.errors import DownloadError, InvalidInput
 from services.funmusic.client import FunMusicClient
 from services.funmusic.request import GenerationRequest
 from services.guild_settings import DEFAULTS
-from services.logs import REDACTED, setup_logging
+from services.logs import REDACTED
 from services.offline.discord_rest import Recorded
 from services.offline.payloads import MEMBER_PERMISSIONS, MODERATOR_PERMISSIONS, Perm
 from services.offline.simulator import FunMusicSimulator, Scenario
 from services.policy import MAX_JOBS_PER_MEMBER
 from services.settings import Secret
 from services.song_request import decode_lyrics_file
-from tests.support.e2e import TOKEN, Harness, running_bot
+from tests.support.e2e import TOKEN, Harness, LogCapture, bot_logging, running_bot
 from tests.support.sim_fixtures import SIM_KEY, make_client
 from tests.support.watchdog import Findings, guarding, watching_loop
 
@@ -104,35 +104,15 @@ def _message_bodies(requests: list[Recorded]) -> Iterator[tuple[Recorded, dict[s
 # --- secrets ----------------------------------------------------------------------------------------------------
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
 @pytest.fixture
-def real_log_setup() -> Iterator[_Capture]:
-    """The bot's own logging set-up (``services.logs.setup_logging``, as ``python bot.py`` calls it) with a
-    capturing handler, undone afterwards."""
-    root = logging.getLogger()
-    noisy = {name: logging.getLogger(name).level for name in ("discord.http", "discord.gateway", "aiohttp.access")}
-    level = root.level
-    capture = _Capture()
-    setup_logging("DEBUG", [TOKEN, SIM_KEY], handler=capture)
-    try:
+def real_log_setup() -> Iterator[LogCapture]:
+    """The bot's own logging set-up with a capturing handler, undone afterwards."""
+    with bot_logging() as capture:
         yield capture
-    finally:
-        root.removeHandler(capture)
-        root.setLevel(level)
-        for name, old in noisy.items():
-            logging.getLogger(name).setLevel(old)
 
 
-async def test_secrets_never_reach_logs_or_discord(tmp_path: Path, real_log_setup: _Capture) -> None:
-    raw = _Capture()  # before any redacting handler: what the code itself tries to log
+async def test_secrets_never_reach_logs_or_discord(tmp_path: Path, real_log_setup: LogCapture) -> None:
+    raw = LogCapture()  # before any redacting handler: what the code itself tries to log
     root = logging.getLogger()
     root.handlers.insert(0, raw)
     try:
@@ -141,7 +121,7 @@ async def test_secrets_never_reach_logs_or_discord(tmp_path: Path, real_log_setu
         root.removeHandler(raw)
 
 
-async def _run_flows_that_could_leak(tmp_path: Path, real_log_setup: _Capture, raw: _Capture) -> None:
+async def _run_flows_that_could_leak(tmp_path: Path, real_log_setup: LogCapture, raw: LogCapture) -> None:
     async with running_bot(tmp_path) as h:
         iid = await h.command("songconfig set", {"cooldown": 0}, permissions=MODERATOR_PERMISSIONS)
         assert "→" in await _refusal(h, iid)

@@ -7,7 +7,6 @@ The whole bot runs for real against the offline Discord and the simulator, on a 
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
@@ -23,16 +22,6 @@ ORIGINAL = r"/messages/@original$"
 
 def audio_of(message: StoredMessage) -> list[object]:
     return [a for a in message.attachments if a.filename.endswith((".mp3", ".wav", ".ogg"))]
-
-
-async def logged(h: Harness, text: str, timeout: float = 20.0) -> str:
-    """The first log line containing `text`, once the bot wrote it."""
-    async with asyncio.timeout(timeout):
-        while True:
-            found = [line for line in h.logs.lines if text in line]
-            if found:
-                return found[0]
-            await asyncio.sleep(0.05)
 
 
 def untouched_song(h: Harness, iid: int) -> StoredMessage:
@@ -51,7 +40,7 @@ async def test_job_already_ended_when_delivered_is_written_leaves_the_posted_son
         iid = await h.song({"prompt": PROMPT})
         job = await h.wait_job_status((await wait_for_job(h)).id, "delivering")
         await h.store.transition(job.id, "interrupted", error_code="elsewhere")
-        line = await logged(h, "recording it as delivered failed")
+        line = await h.logged("recording it as delivered failed")
         assert line.startswith("ERROR") and "JobStateError" in line and re.search(r"\[error \w+\]", line)
         message = untouched_song(h, iid)
         assert any(b["custom_id"].startswith("song:regen:") for b in message.buttons())
@@ -74,7 +63,7 @@ async def test_database_error_writing_delivered_is_retried_and_never_refunds(tmp
                 )
             )
         iid = await h.song({"prompt": PROMPT})
-        await logged(h, "recording it as delivered failed")
+        await h.logged("recording it as delivered failed")
         job = await wait_for_job(h)
         assert (await h.store.get_job(job.id)).status == "delivering"
         untouched_song(h, iid)

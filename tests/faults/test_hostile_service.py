@@ -16,14 +16,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from services.audio_headers import find_data_chunk
 from services.errors import BrokenStream, ConfigError, SongTooLong
-from services.funmusic.client import FunMusicClient, _AudioSink, _Reporter, _WriteBehind
+from services.funmusic.client import FunMusicClient
 from services.funmusic.request import GenerationRequest
+from services.funmusic.sink import AudioSink, Reporter, WriteBehind
 from services.funmusic.sse import EventTooLarge, SSEParser
 from services.offline.simulator import ENDLESS_LINE_BYTES, Scenario, cached_audio
 from services.settings import load_settings
 from services.store import JobStatus, Store
-from services.wav import find_data_chunk
 from tests.support.e2e import running_bot, wait_for_job
 from tests.support.sim_fixtures import SIM_KEY, make_client, running_simulator
 
@@ -99,9 +100,9 @@ async def test_base64_cut_mid_quantum_still_refuses_invalid_characters(http_sess
 async def test_a_carried_remainder_at_the_end_of_the_stream(
     tmp_path: Path, payloads: list[str], expected: bytes | None
 ) -> None:
-    sink = _AudioSink(tmp_path / "song.part", "mp3")
+    sink = AudioSink(tmp_path / "song.part", "mp3")
     await sink.start()
-    writer = _WriteBehind(sink, _Reporter(None, "test"))
+    writer = WriteBehind(sink, Reporter(None, "test"))
     await writer.submit(payloads, "req-1")
     if expected is None:
         with pytest.raises(BrokenStream, match="one character into"):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import sys
 from pathlib import Path
 
 from bot import run_doctor
@@ -14,7 +12,7 @@ from services.offline.discord import FakeDiscord
 from services.offline.payloads import BOT_PERMISSIONS, Perm
 from services.settings import load_settings
 from tests.support.e2e import TOKEN, e2e_env, running_bot
-from tests.support.processes import ROOT, child_env
+from tests.support.processes import broken_ffmpeg_path, run_bot_command
 from tests.support.sim_fixtures import running_simulator
 
 
@@ -99,31 +97,11 @@ async def test_each_failure_is_named_with_what_to_do(tmp_path: Path) -> None:
 
 async def test_songbot_doctor_exits_non_zero_and_names_a_broken_ffmpeg(tmp_path: Path) -> None:
     """A real process, as an operator runs it: `python bot.py doctor` with a broken ffmpeg first on PATH."""
-    broken = tmp_path / "bin"
-
-    def install_a_broken_ffmpeg() -> None:
-        broken.mkdir()
-        ffmpeg = broken / "ffmpeg"
-        ffmpeg.write_text("#!/bin/sh\necho 'error while loading shared libraries: libavcodec.so.61' >&2\nexit 127\n")
-        ffmpeg.chmod(0o755)
-
-    await asyncio.to_thread(install_a_broken_ffmpeg)
+    path = await broken_ffmpeg_path(tmp_path / "bin", "error while loading shared libraries: libavcodec.so.61")
     async with running_simulator() as sim, FakeDiscord(token=TOKEN) as fake:
-        env = e2e_env(sim, fake, tmp_path, PATH=f"{broken}{os.pathsep}{os.environ.get('PATH', '')}")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "bot.py",
-            "doctor",
-            cwd=ROOT,
-            env=child_env(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
-    text = stdout.decode()
-    assert proc.returncode == 1, (text, stderr.decode())
+        code, text, stderr = await run_bot_command("doctor", env=e2e_env(sim, fake, tmp_path, PATH=path))
+    assert code == 1, (text, stderr)
     report = lines_of(text)
     assert report["ffmpeg"][0] == "FAIL" and "libavcodec" in report["ffmpeg"][1]
     assert report["Discord token"][0] == "ok"
-    assert "Traceback" not in text + stderr.decode()
+    assert "Traceback" not in text + stderr

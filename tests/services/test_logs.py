@@ -12,40 +12,22 @@ from typing import Any
 
 import pytest
 
-from services.logs import JsonFormatter, bind_log_context, log_context, setup_logging
+from services.logs import JsonFormatter, bind_log_context, log_context
 from services.offline.simulator import Scenario
 from services.settings import load_settings
-from tests.support.e2e import TOKEN, error_id_of, running_bot, wait_for_job
+from tests.support.e2e import TOKEN, LogCapture, bot_logging, error_id_of, running_bot, wait_for_job
 from tests.support.sim_fixtures import SIM_KEY
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-    def objects(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.lines]
-
-
 @pytest.fixture
-def json_logs() -> Iterator[_Lines]:
+def json_logs() -> Iterator[LogCapture]:
     """The bot's own set-up (as ``python bot.py`` calls it) in JSON format, undone afterwards."""
-    root = logging.getLogger()
-    noisy = {name: logging.getLogger(name).level for name in ("discord.http", "discord.gateway", "aiohttp.access")}
-    level = root.level
-    capture = _Lines()
-    setup_logging("DEBUG", [TOKEN, SIM_KEY], handler=capture, log_format="json")
-    try:
+    with bot_logging("json") as capture:
         yield capture
-    finally:
-        root.removeHandler(capture)
-        root.setLevel(level)
-        for name, old in noisy.items():
-            logging.getLogger(name).setLevel(old)
+
+
+def objects(capture: LogCapture) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in capture.lines]
 
 
 def test_log_format_setting() -> None:
@@ -56,7 +38,7 @@ def test_log_format_setting() -> None:
         load_settings({**base, "LOG_FORMAT": "xml"})
 
 
-def test_json_lines_carry_context_fields_and_tracebacks(json_logs: _Lines) -> None:
+def test_json_lines_carry_context_fields_and_tracebacks(json_logs: LogCapture) -> None:
     log = logging.getLogger("songbot.test")
     with log_context(job_id=7, guild_id=42):
         log.info("inside %s", "job")
@@ -65,7 +47,7 @@ def test_json_lines_carry_context_fields_and_tracebacks(json_logs: _Lines) -> No
         except RuntimeError:
             log.exception("failed", extra={"error_id": "abc123"})
     log.warning('outside "quoted"\nsecond line')
-    inside, failed, outside = json_logs.objects()
+    inside, failed, outside = objects(json_logs)
     assert inside["message"] == "inside job" and inside["level"] == "INFO" and inside["logger"] == "songbot.test"
     assert inside["job_id"] == 7 and inside["guild_id"] == 42 and "error_id" not in inside
     assert inside["time"].endswith("Z")
@@ -76,7 +58,7 @@ def test_json_lines_carry_context_fields_and_tracebacks(json_logs: _Lines) -> No
     assert all("\n" not in line for line in json_logs.lines)  # one object per line
 
 
-def test_json_lines_are_redacted(json_logs: _Lines) -> None:
+def test_json_lines_are_redacted(json_logs: LogCapture) -> None:
     log = logging.getLogger("songbot.test")
     try:
         raise RuntimeError(f"failed with {SIM_KEY}")
@@ -84,7 +66,7 @@ def test_json_lines_are_redacted(json_logs: _Lines) -> None:
         log.exception("token=%s", TOKEN)
     text = "\n".join(json_logs.lines)
     assert TOKEN not in text and SIM_KEY not in text
-    (line,) = json_logs.objects()
+    (line,) = objects(json_logs)
     assert "[REDACTED]" in line["message"] and "[REDACTED]" in line["exc"]
 
 
@@ -110,7 +92,7 @@ async def test_context_follows_each_task_alone() -> None:
     assert seen[1]["job_id"] == 1 and seen[2]["job_id"] == 2
 
 
-async def test_a_failed_song_logs_its_ids_as_fields(tmp_path: Path, json_logs: _Lines) -> None:
+async def test_a_failed_song_logs_its_ids_as_fields(tmp_path: Path, json_logs: LogCapture) -> None:
     """The real bot, a song that DashScope refuses mid-stream: the failure line carries the job, the server, the
     request id DashScope gave and the error id the member was shown."""
     async with running_bot(tmp_path, scenario=Scenario(duration_s=2.0, mid_error="DataInspectionFailed")) as h:
@@ -118,7 +100,7 @@ async def test_a_failed_song_logs_its_ids_as_fields(tmp_path: Path, json_logs: _
         final = await h.wait_final(iid)
         shown_error_id = error_id_of(final.content)
         job = await wait_for_job(h)
-    lines = json_logs.objects()
+    lines = objects(json_logs)
     failure = [line for line in lines if line.get("error_id") == shown_error_id]
     assert failure, [line for line in lines if line["level"] == "WARNING"]
     assert failure[0]["job_id"] == job.id

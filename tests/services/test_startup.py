@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from services.store.migrations import LATEST, migrate, v0001_initial
 from services.store.schema import schema_version
 from tests.support.clock import FakeClock
 from tests.support.e2e import TOKEN, e2e_env
-from tests.support.processes import ROOT, bot_process, child_env
+from tests.support.processes import bot_process, broken_ffmpeg_path, run_bot_command
 from tests.support.sim_fixtures import SIM_KEY, running_simulator
 from tests.support.store_fixtures import DbTarget
 
@@ -57,23 +55,8 @@ async def test_postgresql_transactions_are_read_committed_whatever_the_server_de
 
 async def start_fails(env: dict[str, str]) -> tuple[int, str]:
     """Run ``python bot.py`` (logging at INFO, as operators do) until it exits; returns (exit code, output)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "bot.py",
-        cwd=ROOT,
-        env=child_env({**env, "LOG_LEVEL": "INFO"}),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode("utf-8", "replace")
+    code, out, err = await run_bot_command(env={**env, "LOG_LEVEL": "INFO"})
+    return code, out + err
 
 
 def one_sentence(output: str, start: str) -> str:
@@ -93,17 +76,9 @@ def closed_port() -> int:
 
 
 async def test_a_broken_ffmpeg_stops_the_start(tmp_path: Path) -> None:
-    broken = tmp_path / "bin"
-
-    def install_a_broken_ffmpeg() -> None:
-        broken.mkdir()
-        ffmpeg = broken / "ffmpeg"
-        ffmpeg.write_text("#!/bin/sh\necho 'error while loading shared libraries: libavdevice.so.60' >&2\nexit 127\n")
-        ffmpeg.chmod(0o755)
-
-    await asyncio.to_thread(install_a_broken_ffmpeg)
+    path = await broken_ffmpeg_path(tmp_path / "bin", "error while loading shared libraries: libavdevice.so.60")
     async with running_simulator() as sim, FakeDiscord(token=TOKEN) as fake:
-        env = e2e_env(sim, fake, tmp_path, PATH=f"{broken}{os.pathsep}{os.environ.get('PATH', '')}")
+        env = e2e_env(sim, fake, tmp_path, PATH=path)
         code, output = await start_fails(env)
         assert code == 1
         line = one_sentence(output, "ffmpeg does not run")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import discord
 
 from bot import SongBot, point_at_discord
+from services.logs import LogFormat, setup_logging
 from services.offline.discord import FakeDiscord, point_discord_py_at
 from services.offline.simulator import FunMusicSimulator, Scenario
 from services.settings import Settings, load_settings
@@ -38,6 +39,24 @@ class LogCapture(logging.Handler):
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
+
+
+@contextlib.contextmanager
+def bot_logging(log_format: LogFormat = "plain") -> Iterator[LogCapture]:
+    """The bot's own logging set-up (``services.logs.setup_logging``, as ``python bot.py`` calls it, with the test
+    token and key as its secrets) writing to a capturing handler; undone afterwards."""
+    root = logging.getLogger()
+    noisy = {name: logging.getLogger(name).level for name in ("discord.http", "discord.gateway", "aiohttp.access")}
+    level = root.level
+    capture = LogCapture()
+    setup_logging("DEBUG", [TOKEN, SIM_KEY], handler=capture, log_format=log_format)
+    try:
+        yield capture
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(level)
+        for name, old in noisy.items():
+            logging.getLogger(name).setLevel(old)
 
 
 @dataclass
@@ -98,6 +117,15 @@ class Harness:
             return True, ""
         assert message.ephemeral
         return False, message.content
+
+    async def logged(self, text: str, timeout: float = 20.0) -> str:
+        """The first log line containing ``text``, once the bot wrote it."""
+        async with asyncio.timeout(timeout):
+            while True:
+                found = [line for line in self.logs.lines if text in line]
+                if found:
+                    return found[0]
+                await asyncio.sleep(0.05)
 
     async def wait_job_status(self, job_id: int, *statuses: str, timeout: float = 20.0) -> Any:
         deadline = asyncio.get_running_loop().time() + timeout

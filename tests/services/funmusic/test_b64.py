@@ -19,12 +19,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from services.audio_headers import find_data_chunk
 from services.errors import BrokenStream
 from services.funmusic import b64
-from services.funmusic.client import _AudioSink, _Reporter, _WriteBehind
 from services.funmusic.request import GenerationRequest
+from services.funmusic.sink import AudioSink, Reporter, WriteBehind
 from services.offline.simulator import Scenario, cached_audio
-from services.wav import find_data_chunk
 from tests.support.processes import ROOT
 from tests.support.sim_fixtures import make_client, running_simulator
 
@@ -135,9 +135,9 @@ def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 async def test_the_writer_decodes_and_refuses_the_same_with_either_decoder(
     decoder: str, tmp_path: Path, payloads: list[str], expected: bytes | None
 ) -> None:
-    sink = _AudioSink(tmp_path / "song.part", "mp3")
+    sink = AudioSink(tmp_path / "song.part", "mp3")
     await sink.start()
-    writer = _WriteBehind(sink, _Reporter(None, "test"))
+    writer = WriteBehind(sink, Reporter(None, "test"))
     try:
         if expected is None:
             with pytest.raises(BrokenStream, match="invalid base64"):

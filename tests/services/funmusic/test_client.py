@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from cogs._words import failure_text
+from services.audio_headers import find_data_chunk
 from services.errors import (
     AuthError,
     BrokenStream,
@@ -39,14 +40,15 @@ from services.ffmpeg import (
     render_test_audio,
     run_ffmpeg,
 )
-from services.funmusic.client import FunMusicClient, _AudioSink, mp3_bitrate, parse_event_json, wav_byte_rate
+from services.funmusic.client import FunMusicClient
 from services.funmusic.errors_map import classify, parse_retry_after
 from services.funmusic.limiter import RateLimiter
 from services.funmusic.request import MODEL_PREVIEW, GenerationRequest, Mode, Progress
+from services.funmusic.sink import AudioSink
+from services.funmusic.wire import parse_event_json
 from services.offline import simulator as simulator_module
 from services.offline.simulator import FunMusicSimulator, Scenario
 from services.settings import Secret, load_settings
-from services.wav import find_data_chunk
 from tests.support.sim_fixtures import SIM_KEY, make_client, running_simulator
 
 PROMPT = "an upbeat summer folk song with acoustic guitar and harmonica"
@@ -656,26 +658,13 @@ def test_retry_after_parsing() -> None:
 # --------------------------------------------------------------------------------------- audio helpers
 
 
-async def test_bitrate_and_byte_rate_from_real_headers() -> None:
-    mp3 = await render_test_audio(1.0, fmt="mp3")
-    assert mp3_bitrate(mp3[:4096]) == 128_000
-    id3 = b"ID3\x04\x00\x00\x00\x00\x00\x0a" + b"\0" * 10  # a 10-byte tag first
-    assert mp3_bitrate(id3 + mp3[:4096]) == 128_000
-    assert mp3_bitrate(b"\0" * 100) is None
-    wav = await render_test_audio(1.0, sample_rate=44100, channels=1, fmt="wav")
-    data_at = find_data_chunk(wav[:4096])
-    assert data_at is not None
-    assert wav_byte_rate(wav[:4096]) == (88200, data_at + 8)
-    assert wav_byte_rate(b"not a wav") is None
-
-
 async def test_sink_drops_repeated_wav_headers_and_rejects_joined_padding(tmp_path: Path) -> None:
     wav = await render_test_audio(0.5, fmt="wav")
     data_at = find_data_chunk(wav[:4096])
     assert data_at is not None
     header, samples = wav[: data_at + 8], wav[data_at + 8 :]
     half = len(samples) // 2
-    sink = _AudioSink(tmp_path / "a.wav", "wav")
+    sink = AudioSink(tmp_path / "a.wav", "wav")
     await asyncio.to_thread(sink.reset)
     parts = [header + samples[:half], header + samples[half:]]
     await asyncio.to_thread(sink.write_stream_payloads, [base64.b64encode(p).decode() for p in parts], None)
