@@ -36,7 +36,7 @@ lint: $(DEVSTAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(DEVSTAMP)
-	$(BIN)/mypy services cogs bot.py
+	$(BIN)/mypy --explicit-package-bases services cogs bot.py tests bench
 
 pytest: $(DEVSTAMP)
 	$(BIN)/python -m pytest -q

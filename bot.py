@@ -27,7 +27,8 @@ from discord import app_commands
 from discord.ext import commands
 from dotenv import find_dotenv, load_dotenv
 
-from cogs._checks import REQUIRED_PERMISSIONS
+# REQUIRED_PERMISSIONS is re-exported: the permissions the invite asks for
+from cogs._checks import REQUIRED_PERMISSIONS as REQUIRED_PERMISSIONS
 from cogs._words import NO_PINGS, interrupted_by_dm, interrupted_in_channel, interrupted_in_place, mention_only
 from services import startup
 from services.clock import Clock, SystemClock

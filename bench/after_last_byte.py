@@ -37,7 +37,7 @@ from services.errors import SongbotError
 from services.ffmpeg import ffmpeg_exe
 from services.funmusic.client import FunMusicClient
 from services.funmusic.request import GenerationRequest, Progress
-from services.jobs import Delivery, JobManager, JobSpec, PreparedSong
+from services.jobs import Delivery, DeliveryRoute, JobManager, JobSpec, PreparedSong
 from services.settings import Secret
 
 API_KEY = "sk-bench-0000"
@@ -63,10 +63,10 @@ class NoStore:
     async def transition(self, job_id: int, status: str, **fields: Any) -> None:
         return None
 
-    async def settle(self, job_id: int, actual_seconds: float) -> None:
+    async def settle(self, job_id: int, actual_seconds: float, billed_seconds: float | None = None) -> None:
         return None
 
-    async def refund(self, job_id: int) -> None:
+    async def refund(self, job_id: int, billed_seconds: float = 0) -> None:
         return None
 
 
@@ -89,7 +89,7 @@ class Observer:
         self.deliver_at = time.perf_counter()
         self.deliver_cpu = cpu_seconds()
         self.song = song
-        return Delivery(channel_id=None, message_id=None, how="original")
+        return Delivery(channel_id=None, message_id=None, how=DeliveryRoute.ORIGINAL)
 
     async def failed(self, error: SongbotError) -> None:
         self.error = error

@@ -45,8 +45,8 @@ class RssSampler:
         self._children = children
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
-        self.baseline = self._proc.memory_info().rss
-        self.peak = self.baseline
+        self.baseline: int = self._proc.memory_info().rss
+        self.peak: int = self.baseline
         self.peak_children = 0
 
     def _sample(self) -> None:

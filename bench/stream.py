@@ -93,7 +93,8 @@ async def sdk(base_url: str, out_dir: Path, read_bufsize: int | None = 4 * 1024 
             session=session,
         )
         with path.open("wb") as fh:
-            async for rsp in responses:
+            # dashscope's stubs type call() as one response; with stream=True it is an async generator of them
+            async for rsp in responses:  # type: ignore[attr-defined]
                 if rsp.status_code != 200:
                     raise RuntimeError(f"SDK error {rsp.code}: {rsp.message}")
                 output = rsp.output or {}
@@ -150,7 +151,8 @@ async def sdk_default_session_on_a_huge_line(duration_s: float, out_dir: Path) -
     except Exception as exc:
         outcome = f"fails: {type(exc).__name__}: {str(exc)[:80]}"
     finally:
-        await dashscope.close_shared_aio_session()
+        # dashscope's stubs declare this `def ... -> None`; it is a coroutine function (async def) at runtime
+        await dashscope.close_shared_aio_session()  # type: ignore[func-returns-value,misc]
         proc.terminate()
         proc.wait()
     try:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from pathlib import Path
+from typing import Any
 
 from services.ffmpeg import probe_audio
 from services.offline.payloads import BOT_PERMISSIONS, MODERATOR_PERMISSIONS, Perm
@@ -32,14 +34,16 @@ async def _refusal(h: Harness, iid: int) -> str:
 
 async def _job_id(h: Harness, iid: int) -> int:
     """The job started by an interaction, from the Cancel button on its progress message."""
-    await h.fake.wait_until(
-        lambda: any(
+
+    def has_cancel_button() -> bool:
+        message = h.fake.original(iid)
+        return message is not None and any(
             c.get("custom_id", "").startswith("song:cancel:")
-            for row in (h.fake.original(iid).components if h.fake.original(iid) else [])
+            for row in message.components
             for c in row.get("components", [])
-        ),
-        what="a progress message with a Cancel button",
-    )
+        )
+
+    await h.fake.wait_until(has_cancel_button, what="a progress message with a Cancel button")
     message = h.fake.original(iid)
     assert message is not None
     button = next(c for row in message.components for c in row["components"] if c["custom_id"].startswith("song:"))
@@ -120,7 +124,7 @@ async def test_song_without_options_opens_the_modal(tmp_path: Path) -> None:
 
 async def test_bad_input_is_refused_at_once_and_costs_nothing(tmp_path: Path) -> None:
     async with running_bot(tmp_path) as h:
-        cases = [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"prompt": "x " * 600}, "at most 1,000 characters"),
             ({"lyrics_file": h.fake.upload("song.pdf", b"%PDF-1.4")}, ".txt or .lrc"),
             ({"lyrics_file": h.fake.upload("song.txt", "café".encode("latin-1") * 10)}, "not UTF-8"),
@@ -273,7 +277,10 @@ async def test_cancel_while_queued_and_a_members_share_of_the_queue(tmp_path: Pa
         await _job_id(h, running)
         queued = await h.song({"prompt": PROMPT})
         job_id = await _job_id(h, queued)
-        await h.fake.wait_until(lambda: "Queued — position 1" in (h.fake.original(queued).content or ""), what="queued")
+        await h.fake.wait_until(
+            lambda: (m := h.fake.original(queued)) is not None and "Queued — position 1" in (m.content or ""),
+            what="queued",
+        )
         extra = await h.song({"prompt": PROMPT})
         await h.fake.wait_for_callback(extra)
         third = await h.song({"prompt": PROMPT})
@@ -305,7 +312,8 @@ async def test_slow_checks_defer_first_and_refusals_still_reach_only_the_member(
             lambda: (m := h.fake.original(private)) is not None and "cooldown" in (m.content or ""),
             what="the private refusal",
         )
-        assert h.fake.original(private).ephemeral
+        refusal = h.fake.original(private)
+        assert refusal is not None and refusal.ephemeral
         assert len(h.sim.requests) == 1
 
 
@@ -324,7 +332,7 @@ async def test_a_burst_defers_first_and_every_refusal_still_reaches_its_member(t
                 assert callback.data["flags"] & EPHEMERAL and "daily limit" in callback.data["content"]
             else:
                 assert callback.type == 5
-                await h.fake.wait_until(lambda iid=iid: h.fake.followups(iid), what="the ephemeral refusal")
+                await h.fake.wait_until(functools.partial(h.fake.followups, iid), what="the ephemeral refusal")
                 followup = h.fake.followups(iid)[0]
                 assert followup.ephemeral and "daily limit" in followup.content
         assert 5 in kinds  # past BURST_CHECKS at once, requests answer before their checks

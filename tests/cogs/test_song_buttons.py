@@ -326,4 +326,5 @@ async def test_errors_in_buttons_and_the_form_reach_the_member_with_an_error_id(
             assert f"[error {error_id_of(answer)}]" in h.logs.text
         assert len({error_id_of(answer) for answer in answers}) == len(answers)
         # the song's message was never overwritten by an error
-        assert h.fake.original(iid).attachments
+        song_message = h.fake.original(iid)
+        assert song_message is not None and song_message.attachments

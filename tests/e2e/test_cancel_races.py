@@ -45,7 +45,9 @@ async def test_cancel_in_the_instant_the_stream_fails_still_ends_with_the_failur
             await h.fake.wait_for_callback(int(click["id"]))
         final = await h.wait_final(iid)
         assert final.content.startswith("❌") and "moderation rejected" in final.content, final.content
-        await h.fake.wait_until(lambda: not h.fake.original(iid).components, what="the Cancel button removed")
+        await h.fake.wait_until(
+            lambda: (m := h.fake.original(iid)) is not None and not m.components, what="the Cancel button removed"
+        )
         job = await h.wait_job_status(job_id, "failed", "cancelled")
         assert job.status == "failed"
         await assert_refunded(h, job_id)

@@ -42,6 +42,7 @@ from services.offline.simulator import FunMusicSimulator, Scenario
 from services.policy import MAX_JOBS_PER_MEMBER
 from services.settings import Secret
 from services.song_request import decode_lyrics_file
+from services.store import JobStatus
 from tests.support.e2e import TOKEN, Harness, LogCapture, bot_logging, running_bot
 from tests.support.sim_fixtures import SIM_KEY, make_client
 from tests.support.watchdog import Findings, guarding, watching_loop
@@ -554,7 +555,7 @@ def _observer_stage_doing(monkeypatch: pytest.MonkeyPatch, action: Callable[[], 
     observer: type[DiscordJobObserver] = importlib.import_module("cogs.song._delivery").DiscordJobObserver
     original = observer.stage
 
-    async def stage(self: DiscordJobObserver, stage: str, progress: Any) -> None:
+    async def stage(self: DiscordJobObserver, stage: JobStatus, progress: Any) -> None:
         action()
         await original(self, stage, progress)
 

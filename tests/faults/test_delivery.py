@@ -70,7 +70,9 @@ async def test_database_error_writing_delivered_is_retried_and_never_refunds(tmp
         async with h.store.write() as tx:
             await tx.conn.execute(sa.text("DROP TRIGGER fail_delivered"))
         job = await h.wait_job_status(job.id, "delivered", "failed", timeout=30)
-        assert job.status == "delivered" and job.message_id == h.fake.original(iid).id
+        original = h.fake.original(iid)
+        assert original is not None
+        assert job.status == "delivered" and job.message_id == original.id
         failures = [x for x in h.logs.lines if "recording it as delivered failed" in x]
         assert failures[0].startswith("ERROR") and "trying again in" in failures[0]
         assert re.search(r"\[error \w+\]", failures[0])

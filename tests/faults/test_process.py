@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -42,6 +43,11 @@ def shown(fake: FakeDiscord, iid: int) -> str:
     """What the member sees on the interaction's original response now."""
     message = fake.original(iid)
     return message.content if message is not None else ""
+
+
+def shows_progress(fake: FakeDiscord, iid: int) -> bool:
+    """Whether the interaction's original response is a progress message (queued, generating, preparing, uploading)."""
+    return shown(fake, iid).startswith(PROGRESS_MARKS)
 
 
 async def start_song_in(bot: BotProcess, fake: FakeDiscord, sim: Any) -> int:
@@ -115,7 +121,7 @@ async def test_after_the_token_expired_members_are_told_where_their_song_was_ask
                 await fake.send_interaction(payload)
                 asked.append(int(payload["id"]))
             for iid in asked:  # generating, or queued behind the server's concurrency limit
-                await fake.wait_until(lambda i=iid: shown(fake, i).startswith(PROGRESS_MARKS), timeout=20)
+                await fake.wait_until(functools.partial(shows_progress, fake, iid), timeout=20)
             bot.proc.kill()
             assert await asyncio.wait_for(bot.proc.wait(), 30) == -signal.SIGKILL
         for iid in asked:

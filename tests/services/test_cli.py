@@ -10,7 +10,7 @@ import pytest
 
 from services.cli import ProgressBar, run_generate
 from services.ffmpeg import probe_audio
-from services.funmusic.request import Progress
+from services.funmusic.request import Progress, ProgressStage
 from services.offline.simulator import FunMusicSimulator, Scenario
 from tests.support.sim_fixtures import SIM_KEY
 
@@ -164,14 +164,14 @@ def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
 async def test_progress_bar_lines_when_not_a_terminal() -> None:
     stream = io.StringIO()
     bar = ProgressBar(stream)
-    await bar(Progress("connecting"))
+    await bar(Progress(ProgressStage.CONNECTING))
     for n in range(1, 5):
-        await bar(Progress("generating", bytes_received=n * 1_000_000, seconds_received=n * 60.0))
-    await bar(Progress("retrying", attempt=1))
-    await bar(Progress("connecting", attempt=2))
+        await bar(Progress(ProgressStage.GENERATING, bytes_received=n * 1_000_000, seconds_received=n * 60.0))
+    await bar(Progress(ProgressStage.RETRYING, attempt=1))
+    await bar(Progress(ProgressStage.CONNECTING, attempt=2))
     bar.finish()
     lines = stream.getvalue().splitlines()
     assert [line.split()[0] for line in lines] == ["connecting", "generating", "retrying", "connecting"]
     assert "(attempt 2)" in lines[-1]
-    full = bar.render(Progress("generating", bytes_received=4_000_000, seconds_received=240.0))
+    full = bar.render(Progress(ProgressStage.GENERATING, bytes_received=4_000_000, seconds_received=240.0))
     assert "[" + "#" * 28 + "]" in full and "4.00 MB" in full and "240.0 s of audio" in full

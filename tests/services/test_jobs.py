@@ -18,7 +18,7 @@ from services.audio import Tags
 from services.errors import SongbotError
 from services.ffmpeg import render_test_audio
 from services.funmusic.request import GenerationRequest, GenerationResult, ProgressCallback
-from services.jobs import Delivery, JobManager, JobSpec, PreparedSong, ShuttingDown
+from services.jobs import Delivery, DeliveryRoute, JobManager, JobSpec, PreparedSong, ShuttingDown
 from services.policy import Policy
 from services.store import JobStatus, Store
 from tests.support.clock import FakeClock
@@ -103,7 +103,7 @@ class RecordingObserver:
 
     async def deliver(self, song: PreparedSong) -> Delivery:
         self.delivered = song
-        return Delivery(channel_id=CHANNEL, message_id=9000 + self.job_id, how="original")
+        return Delivery(channel_id=CHANNEL, message_id=9000 + self.job_id, how=DeliveryRoute.ORIGINAL)
 
     async def failed(self, error: SongbotError) -> None:
         self.failures.append(error)

@@ -561,7 +561,8 @@ async def test_recovery_keeps_a_cautious_billed_figure(db_target: DbTarget, cloc
     try:
         assert len(await second.recover_interrupted()) == 3
         async with second.read() as tx:
-            billed = [(await tx.reservation(a.job_id)).billed_seconds for a in (arrived, generating, queued)]
+            held = [await tx.reservation(a.job_id) for a in (arrived, generating, queued)]
+        billed = [None if r is None else r.billed_seconds for r in held]
         assert billed == [42, 60, 0]
         usage = await Policy(second, clock, global_daily_seconds=None).global_usage()
         assert (usage.songs_used, usage.billed_seconds) == (0, 102)

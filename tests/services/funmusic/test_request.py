@@ -82,7 +82,8 @@ def test_body_follows_the_reference() -> None:
         "is_instrumental": True,
     }
     preview, _ = GenerationRequest(prompt="folk song", model=MODEL_PREVIEW, gender="male").validated()
-    assert "gender" not in preview.body()["input"]
+    preview_input = preview.body()["input"]
+    assert isinstance(preview_input, dict) and "gender" not in preview_input
 
 
 def test_cleaning_drops_control_and_zero_width_characters() -> None:

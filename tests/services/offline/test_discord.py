@@ -10,6 +10,7 @@ import io
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import discord
@@ -38,6 +39,7 @@ class ProbeBot(commands.Bot):
         self.caught: list[discord.HTTPException] = []
 
     async def setup_hook(self) -> None:
+        command: app_commands.Command[Any, Any, None]
         for command in (ping, say, form, slow, progress, fetch, upload, buttons, dm, card, later):
             self.tree.add_command(command)
         await self.tree.sync()
@@ -247,7 +249,9 @@ async def test_defer_then_edit_with_a_file(fake: FakeDiscord, bot: ProbeBot) -> 
     assert await bot.ended(record.id) is None
 
     callback = fake.callback(record.id)
-    assert callback is not None and callback.type == 5 and callback.age < fake.rules.callback_deadline
+    deadline = fake.rules.callback_deadline
+    assert deadline is not None
+    assert callback is not None and callback.type == 5 and callback.age < deadline
     [post] = fake.find_requests("POST", "/callback$")
     assert post.query == {"with_response": "1"} and post.auth is None
 

@@ -27,7 +27,10 @@ from tests.support.sim_fixtures import SIM_KEY
 
 AUTH = {"Authorization": f"Bearer {SIM_KEY}"}
 SSE = {**AUTH, "X-DashScope-SSE": "enable"}
-BODY = {"model": "fun-music-v1", "input": {"prompt": "a calm piano ballad about the sea", "format": "wav"}}
+BODY: dict[str, Any] = {
+    "model": "fun-music-v1",
+    "input": {"prompt": "a calm piano ballad about the sea", "format": "wav"},
+}
 
 
 async def post(

@@ -405,7 +405,8 @@ async def test_version_1_database_is_upgraded_keeping_what_was_billed(db_target:
     try:
         assert await store.schema_version() == LATEST
         async with store.read() as tx:
-            assert [(await tx.reservation(i)).billed_seconds for i in (1, 2)] == [45, 0]
+            held = [await tx.reservation(i) for i in (1, 2)]
+            assert [None if r is None else r.billed_seconds for r in held] == [45, 0]
             erase = await tx.conn.scalar(sa.text("SELECT count(*) FROM jobs WHERE erase_on_finish"))
             assert erase == 0
             assert await tx.global_billed(now.date()) == 45
