@@ -16,7 +16,6 @@ from cogs._text import plural_of, shown
 from services.errors import (
     AuthError,
     BrokenStream,
-    Cancelled,
     CannotFit,
     ConnectionFailed,
     DownloadError,
@@ -77,7 +76,6 @@ FAILURES: dict[type[SongbotError], str] = {
     SongbotError: "Something went wrong while making your song.",
     CannotFit: "The song is too large to upload here.",
     SongTooLong: "The finished song is {duration} long, over this bot's limit of {limit}, so it could not be sent.",
-    Cancelled: "Cancelled.",
     ShuttingDown: "The bot is restarting, so your song was stopped and your quota refunded. Please try again soon.",
     DeliveryFailed: "Your song was made but could not be posted here.",
     FfmpegError: "The song could not be processed.",

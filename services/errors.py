@@ -91,12 +91,6 @@ class PolicyRefusal(SongbotError):
         self.direct = direct
 
 
-class Cancelled(SongbotError):
-    """The job was cancelled by its requester or a moderator."""
-
-    summary = "Cancelled."
-
-
 @dataclass(frozen=True)
 class ErrorBody:
     """DashScope's error JSON: ``{code, message, request_id}``."""
