@@ -176,10 +176,17 @@ class SongBot(commands.Bot):
             return self.is_ready() and not self.is_closed() and connection is not None and connection.open
 
         checks = {"database": database, "gateway": gateway}
-        self._health = HealthServer(
-            self.metrics, checks, host=self.settings.health_host, port=self.settings.health_port
-        )
-        await self._health.start()
+        health = HealthServer(self.metrics, checks, host=self.settings.health_host, port=self.settings.health_port)
+        try:
+            await health.start()
+        except OSError as exc:
+            await health.close()
+            where = f"{self.settings.health_host}:{self.settings.health_port}"
+            raise startup.StartupError(
+                f"The health port {where} cannot be opened ({exc.strerror or exc}); set SONGBOT_HEALTH_PORT to a "
+                "free port, or leave it empty."
+            ) from None
+        self._health = health
 
     async def _create_services(self) -> Services:
         settings = self.settings

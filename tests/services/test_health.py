@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -10,8 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.health import HealthServer
 from services.metrics import Metrics
+from services.offline.discord import FakeDiscord
 from services.offline.simulator import Scenario
-from tests.support.e2e import running_bot, wait_for_job
+from tests.support.e2e import TOKEN, e2e_env, running_bot, wait_for_job
+from tests.support.processes import run_bot_command
+from tests.support.sim_fixtures import running_simulator
 
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"
 
@@ -188,3 +192,17 @@ async def test_no_health_port_unless_asked(tmp_path: Path) -> None:
     async with running_bot(tmp_path) as h:
         assert h.bot.health_port is None
         assert h.bot.metrics.value("songbot_songs_total", outcome="delivered") == 0
+
+
+async def test_a_health_port_in_use_stops_the_start_in_one_sentence(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with running_simulator() as sim, FakeDiscord(token=TOKEN) as fake:
+            env = e2e_env(sim, fake, tmp_path, SONGBOT_HEALTH_PORT=str(port))
+            code, out, err = await run_bot_command(env=env)
+    lines = [line for line in (out + err).splitlines() if line.startswith("error:")]
+    assert code == 1, out + err
+    assert lines == [lines[-1]] and f"The health port 127.0.0.1:{port} cannot be opened" in lines[0], out + err
+    assert "Traceback" not in out + err
