@@ -143,6 +143,8 @@ class SongBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         self._services = await self._create_services()
+        if not self.sync_only:
+            await self._start_health()  # first: a port in use stops the start before anything else is done
         for extension in EXTENSIONS:
             if self.sync_only and extension in BACKGROUND_EXTENSIONS:
                 continue  # `sync` pushes the commands and exits: no sweeps of a data folder a running bot may use
@@ -152,7 +154,6 @@ class SongBot(commands.Bot):
             await self._recover_interrupted_jobs()
             # now that no job of the last run counts as running: its job folders and partial files go at once
             await sweep(self.services.store, self.services.work_dir, retention_days=0)
-            await self._start_health()
 
     @property
     def health_port(self) -> int | None:
