@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 from collections.abc import Mapping
@@ -453,17 +454,16 @@ async def run_doctor(settings: Settings, out: TextIO) -> int:
     quiet_voice_warnings()
     client = discord.Client(intents=discord.Intents.none())
     offline = SongBot(settings)  # never logged in: only its command tree is read, to compare with Discord's
-    for extension in EXTENSIONS:
-        if extension not in BACKGROUND_EXTENSIONS:
-            await offline.load_extension(extension)
-    wanted = offline.command_payloads()
-    local = doctor.local_checks(settings)
     database_ok = False
 
     async def token() -> list[doctor.CheckResult]:
         return await discord_checks.check_token(client, settings.discord_token.reveal(), discord.http.Route.BASE)
 
     async def commands_() -> list[doctor.CheckResult]:
+        for extension in EXTENSIONS:
+            if extension not in BACKGROUND_EXTENSIONS:
+                await offline.load_extension(extension)
+        wanted = offline.command_payloads()
         return await discord_checks.check_commands(client, wanted, commands_match, settings.dev_guild_id)
 
     async def database() -> list[doctor.CheckResult]:
@@ -482,15 +482,14 @@ async def run_doctor(settings: Settings, out: TextIO) -> int:
             await store.close()
         return await discord_checks.check_song_channels(client, configured, REQUIRED_PERMISSIONS)
 
-    local_by_name = {check.__name__: check for check in local}
-    checks = [
-        token,
-        commands_,
-        local_by_name["check_dashscope"],
-        local_by_name["check_ffmpeg_runs"],
-        database,
-        local_by_name["check_work_dir_writable"],
-        channels,
+    checks: list[tuple[str, doctor.Check]] = [
+        ("Discord token", token),
+        ("slash commands", commands_),
+        ("DashScope", functools.partial(doctor.check_dashscope, settings)),
+        ("ffmpeg", functools.partial(doctor.check_ffmpeg_runs, settings)),
+        ("database", database),
+        ("work folder", functools.partial(doctor.check_work_dir_writable, settings)),
+        ("song channels", channels),
     ]
     try:
         return await doctor.run_checklist(checks, out)

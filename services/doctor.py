@@ -56,15 +56,14 @@ def skip(name: str, detail: str) -> list[CheckResult]:
     return [CheckResult(name, Verdict.SKIP, detail)]
 
 
-async def run_checklist(checks: Sequence[Check], out: TextIO) -> int:
-    """Run each check in order, print one line per result; 0 when nothing failed, 1 otherwise. A check that
-    raises is one FAIL line (with the exception's type), never a traceback."""
+async def run_checklist(checks: Sequence[tuple[str, Check]], out: TextIO) -> int:
+    """Run each (name, check) in order, print one line per result; 0 when nothing failed, 1 otherwise. A check
+    that raises is one FAIL line under its name (with the exception's type), never a traceback."""
     failed = 0
-    for check in checks:
+    for name, check in checks:
         try:
             results = await check()
         except Exception as exc:
-            name = getattr(check, "__name__", "check").removeprefix("check_").replace("_", " ")
             results = fail(name, f"the check itself failed: {type(exc).__name__}: {exc}")
         for result in results:
             failed += result.verdict is Verdict.FAIL
@@ -159,16 +158,3 @@ async def check_work_dir_writable(settings: Settings) -> list[CheckResult]:
     except StartupError as exc:
         return fail("work folder", str(exc))
     return ok("work folder", f"{work_dir} is writable")
-
-
-def local_checks(settings: Settings) -> list[Check]:
-    """The checks that need no Discord, bound to ``settings``."""
-
-    def bound(check: Callable[[Settings], Awaitable[list[CheckResult]]]) -> Check:
-        async def run() -> list[CheckResult]:
-            return await check(settings)
-
-        run.__name__ = check.__name__
-        return run
-
-    return [bound(c) for c in (check_dashscope, check_ffmpeg_runs, check_database, check_work_dir_writable)]
